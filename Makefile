@@ -1,0 +1,54 @@
+# fashion_cnn: `make train` and `make test` each work on a fresh clone; `make help` lists everything.
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+CONFIG   ?= seed
+ARGS     ?=
+DATA_DIR ?= data
+PORT     ?= 6006
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data train test test-slow tensorboard lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  Variables: CONFIG=seed|fast|strong|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006"
+
+setup: $(STAMP) ## Create .venv and install the project (quick when already done)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+data: setup ## Find and verify FashionMNIST; if there is no copy, install the Debian package or download it
+	@$(PY) -m fashion_cnn.data_files --data_dir $(DATA_DIR); rc=$$?; \
+	if [ $$rc = 3 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing the Debian package dataset-fashion-mnist ..."; \
+	  { $(SUDO) apt-get install -y -qq dataset-fashion-mnist || \
+	    { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null 2>&1 \
+	    || echo "apt could not install it; trying torchvision's download"; \
+	fi; \
+	[ $$rc = 0 ] || { [ $$rc = 3 ] && $(PY) -m fashion_cnn.data_files --data_dir $(DATA_DIR) --download; }
+
+train: data ## Train an experiment (default: the notebook's, 40 epochs) into lightning_logs/
+	$(PY) -m fashion_cnn.fit --config $(CONFIG) --data.data_dir $(DATA_DIR) $(ARGS)
+
+test: setup ## Run the test suite (fast, offline, CPU)
+	$(PY) -m pytest -q
+
+test-slow: setup ## Run only the long tests (full-data training)
+	$(PY) -m pytest -q -m slow
+
+tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
+	@echo "TensorBoard: open http://localhost:$(PORT)/"
+	$(VENV)/bin/tensorboard --logdir lightning_logs --port $(PORT)
+
+lint: setup ## Check the code with ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## Remove the virtualenv and caches (keeps lightning_logs/ and data/)
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

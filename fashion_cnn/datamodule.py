@@ -1,0 +1,172 @@
+"""The FashionMNIST ``LightningDataModule``: uint8 tensors in memory, one gather per batch, normalised per batch."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from fashion_cnn.data_files import load_split, locate
+
+
+class TensorImages(Dataset):
+    """Images (uint8 [N, 28, 28]) and labels held as tensors.
+
+    ``DataLoader`` calls ``__getitems__`` with a whole batch of indices, so a batch is one tensor gather rather
+    than a Python loop over images; it stays a map-style dataset, so Lightning's distributed sampler shards it.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.images.device)
+        return self.images[index], self.labels[index]
+
+
+def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``collate_fn`` for :class:`TensorImages`: ``__getitems__`` already returns a whole batch."""
+    return batch
+
+
+class EvalSampler(DistributedSampler):
+    """In-order evaluation sampler that never pads: with several processes each gets a disjoint shard,
+    so metrics reduced across them equal a single-process evaluation over exactly the whole set."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
+        self.num_samples = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def random_shift_flip(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Batched augmentation on [B, 1, H, W]: a random crop of the zero-padded image (shift by up to ``pad``
+    pixels) and a horizontal flip with probability 1/2, drawn per image from torch's global RNG."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=images.device)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=images.device)
+    rows = (torch.arange(h, device=images.device).view(1, h, 1) + dy).expand(b, h, w)
+    cols = torch.arange(w, device=images.device).view(1, 1, w) + dx
+    flip = torch.rand(b, 1, 1, device=images.device) < 0.5
+    cols = torch.where(flip, cols.flip(-1), cols).expand(b, h, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1).expand(b, h, w)
+    return padded[batch, 0, rows, cols].unsqueeze(1)
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    """FashionMNIST, found and checked by :mod:`fashion_cnn.data_files`, served as normalised float batches.
+
+    Args:
+        data_dir: where to look for (and, if no copy exists anywhere, download) the dataset.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation and test (does not change the metrics).
+        val_size: images held out of the training set for validation (0: evaluate on the test set each epoch).
+        seed: seeds the validation split and the shuffling; epoch ``e`` is shuffled by ``(seed, e)``.
+        mean: normalisation mean (default: FashionMNIST's training-set mean; the notebook used MNIST's 0.1307).
+        std: normalisation std (default: FashionMNIST's training-set std; the notebook used MNIST's 0.3081).
+        augment: random shift (up to 2 px) and horizontal flip of training batches.
+        num_workers: DataLoader worker processes (batches are one gather, so 0 is usually fastest).
+        verify: check image counts and SHA-256 against the official release (off only for cut-down copies).
+        download: allow torchvision's download when no copy is found.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: PositiveInt = 64,
+        eval_batch_size: PositiveInt = 1000,
+        val_size: NonNegativeInt = 0,
+        seed: int = 0,
+        mean: float = 0.2860,
+        std: PositiveFloat = 0.3530,
+        augment: bool = False,
+        num_workers: NonNegativeInt = 0,
+        verify: bool = True,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: TensorImages | None = None
+        self.val_set: TensorImages | None = None
+        self.test_set: TensorImages | None = None
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """Names of the loaders ``val_dataloader`` returns, in order."""
+        return ("val", "test") if self.hparams.val_size else ("test",)
+
+    def prepare_data(self) -> None:
+        locate(self.hparams.data_dir, allow_download=self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        hp = self.hparams
+        directory = locate(hp.data_dir, allow_download=hp.download)
+        train_images, train_labels = load_split(directory, "train", hp.verify)
+        test_images, test_labels = load_split(directory, "test", hp.verify)
+        if hp.val_size >= len(train_labels):
+            raise ValueError(f"val_size={hp.val_size} leaves no training images (the training set has "
+                             f"{len(train_labels)}); choose a smaller data.val_size")
+        device = self._data_device()
+        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(hp.seed))
+        val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
+        if hp.val_size:
+            self.val_set = TensorImages(train_images[val_idx].to(device), train_labels[val_idx].to(device))
+            train_images, train_labels = train_images[train_idx], train_labels[train_idx]
+        self.train_set = TensorImages(train_images.to(device), train_labels.to(device))
+        self.test_set = TensorImages(test_images.to(device), test_labels.to(device))
+
+    def _data_device(self) -> torch.device:
+        """On a GPU the whole dataset (55 MB as uint8) lives on the device: no per-batch host-to-device copy."""
+        if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _loader(self, dataset: TensorImages, batch_size: int, train: bool) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if train:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
+        else:
+            sampler = EvalSampler(dataset, num_replicas=world, rank=rank)
+        workers = 0 if dataset.images.is_cuda else self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        sets = {"val": self.val_set, "test": self.test_set}
+        return [self._loader(sets[split], self.hparams.eval_batch_size, train=False) for split in self.eval_splits]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)
+
+    def normalize(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """uint8 [B, 28, 28] (or [B, 1, 28, 28]) images to the network's normalised float input [B, 1, 28, 28].
+
+        Augmentation happens before normalising, so shifted-in pixels are black like the images' background.
+        """
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        images = images.float().div_(255)
+        if augment:
+            images = random_shift_flip(images)
+        return images.sub_(self.hparams.mean).div_(self.hparams.std)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.normalize(images, augment=self.hparams.augment and training), labels

@@ -1,0 +1,111 @@
+"""The training module: a network, cross-entropy, SGD with momentum, and one set of metrics per split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from fashion_cnn.data_files import NUM_CLASSES
+from fashion_cnn.nets import SeedCNN
+
+SPLITS = ("train", "val", "test")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class FashionClassifier(L.LightningModule):
+    """Trains ``net`` with cross-entropy and SGD (+ momentum), logging ``{split}/loss`` and ``{split}/acc``.
+
+    Args:
+        net: the network (default: the notebook's :class:`~fashion_cnn.nets.SeedCNN`).
+        lr: learning rate (the peak rate with ``schedule: onecycle``).
+        momentum: SGD momentum.
+        nesterov: use Nesterov momentum.
+        weight_decay: L2 weight decay.
+        label_smoothing: cross-entropy label smoothing for training (evaluation uses the plain loss).
+        schedule: ``constant`` (the notebook's) or ``onecycle`` (warm up to ``lr``, then anneal, per step).
+        channels_last: channels-last memory format for the network (can be faster on GPUs).
+        compile: ``torch.compile`` the network.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        lr: PositiveFloat = 0.01,
+        momentum: NonNegativeFloat = 0.5,
+        nesterov: bool = False,
+        weight_decay: NonNegativeFloat = 0.0,
+        label_smoothing: NonNegativeFloat = 0.0,
+        schedule: Literal["constant", "onecycle"] = "constant",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # from a config, `net` is recorded as its class_path + init_args
+        self.net = net if net is not None else SeedCNN()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.net) if compile else self.net
+        for split in SPLITS:  # one metric object per split: self.train_acc, self.val_loss, ...
+            setattr(self, f"{split}_acc", MulticlassAccuracy(NUM_CLASSES, average="micro"))
+            setattr(self, f"{split}_loss", MeanMetric())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 10] for normalised images [B, 1, 28, 28]."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._forward(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        # Checking needs the loss on the host: free on CPU, a sync on GPU, so there only at the logging interval.
+        check = loss.device.type == "cpu" or batch_idx % self.trainer.log_every_n_steps == 0
+        if check and not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
+                f"the learning rate is probably too high (model.lr={self.hparams.lr}); lower it and start again")
+        self.train_acc.update(logits.detach(), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[MeanMetric, MulticlassAccuracy]:
+        images, labels = batch
+        logits = self(images)
+        loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
+        loss.update(F.cross_entropy(logits, labels), weight=len(labels))
+        acc.update(logits, labels)
+        return loss, acc
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
+        split = self.trainer.datamodule.eval_splits[dataloader_idx]
+        loss, acc = self._evaluate(split, batch)
+        self.log(f"{split}/loss", loss, add_dataloader_idx=False)
+        self.log(f"{split}/acc", acc, add_dataloader_idx=False, prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        # The final test of a chosen checkpoint after fit; per-epoch test metrics are logged as test/* during fit.
+        loss, acc = self._evaluate("test", batch)
+        self.log("final/test_loss", loss)
+        self.log("final/test_acc", acc)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+                                    weight_decay=hp.weight_decay)
+        if hp.schedule == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,98 @@
+"""Batches: one gather of uint8 images, normalised per batch, in an order fixed by (seed, epoch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.transforms import functional as TF
+
+from fashion_cnn.datamodule import EvalSampler, FashionMNISTDataModule, TensorImages, random_shift_flip
+from tests.conftest import FIXTURE
+
+
+def first_batch(loader):
+    return next(iter(loader))
+
+
+def test_train_batches_are_gathered_uint8_and_normalised_like_torchvision(small_dm):
+    loader = small_dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    images, labels = first_batch(loader)
+    assert images.dtype == torch.uint8 and images.shape == (64, 28, 28) and labels.dtype == torch.int64
+    order = list(loader.sampler)[:64]
+    assert torch.equal(images, small_dm.train_set.images[order])
+    x, _ = small_dm.on_after_batch_transfer((images, labels), 0)
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+    # identical to the notebook's per-image ToTensor + Normalize, with this DataModule's mean/std
+    pil = TF.to_pil_image(images[0])
+    expected = TF.normalize(TF.to_tensor(pil), [small_dm.hparams.mean], [small_dm.hparams.std])
+    torch.testing.assert_close(x[0], expected)
+
+
+def test_getitems_is_one_gather_and_getitem_still_works():
+    ds = TensorImages(torch.arange(10 * 784, dtype=torch.int32).view(10, 28, 28).to(torch.uint8), torch.arange(10))
+    images, labels = ds.__getitems__([3, 1, 4])
+    assert labels.tolist() == [3, 1, 4] and torch.equal(images[1], ds[1][0])
+
+
+def test_order_depends_only_on_seed_and_epoch(small_dm):
+    def order(dm, epoch):
+        sampler = dm.train_dataloader().sampler
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    other = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, seed=1)
+    other.setup()
+    assert order(small_dm, 3) == order(small_dm, 3)
+    assert order(small_dm, 3) != order(small_dm, 4)
+    assert order(small_dm, 3) != order(other, 3)
+    assert sorted(order(small_dm, 3)) == list(range(512))
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    def split(seed):
+        dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, val_size=100, seed=seed)
+        dm.setup()
+        return dm
+
+    a, b, c = split(0), split(0), split(1)
+    assert len(a.train_set) == 412 and len(a.val_set) == 100 and a.eval_splits == ("val", "test")
+    assert torch.equal(a.val_set.images, b.val_set.images) and not torch.equal(a.val_set.images, c.val_set.images)
+    train_rows = {bytes(img.numpy()) for img in a.train_set.images}
+    assert not any(bytes(img.numpy()) in train_rows for img in a.val_set.images)
+    assert len(a.val_dataloader()) == 2
+
+
+def test_val_size_too_large():
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, val_size=512)
+    with pytest.raises(ValueError, match="val_size=512 leaves no training images"):
+        dm.setup()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_eval_sampler_shards_cover_the_set_exactly_once(world):
+    ds = TensorImages(torch.zeros(256, 28, 28, dtype=torch.uint8), torch.zeros(256, dtype=torch.long))
+    shards = [list(EvalSampler(ds, num_replicas=world, rank=r)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(256))
+
+
+def test_augmentation_is_a_shift_or_flip_of_each_image():
+    torch.manual_seed(0)
+    images = torch.rand(32, 1, 28, 28)
+    out = random_shift_flip(images, pad=2)
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    candidates = [padded[..., dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
+    candidates += [c.flip(-1) for c in candidates]  # flipping the padded image then cropping
+    flipped = padded.flip(-1)
+    candidates += [flipped[..., dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
+    for i in range(32):
+        assert any(torch.equal(out[i], c[i]) for c in candidates)
+    assert not torch.equal(out, images)
+
+
+def test_augmentation_only_while_training(small_dm):
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True)
+    batch = small_dm.test_set.images[:16], small_dm.test_set.labels[:16]
+    x, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation/prediction path
+    torch.testing.assert_close(x, small_dm.normalize(batch[0]))

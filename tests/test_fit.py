@@ -1,0 +1,138 @@
+"""The real entry point, ``python -m fashion_cnn.fit``, on the small fixture: logs, checkpoints, reproducibility,
+and one-line errors for bad input that leave existing runs alone."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fashion_cnn import fit
+from tests.conftest import FIXTURE
+
+SMALL = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
+         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def run_fit(*args: str) -> int:
+    return fit.main([*SMALL, *args])
+
+
+def scalars(run: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_smoke_run_logs_every_epoch_checkpoints_and_hyperparameters(workdir, capsys):
+    assert run_fit("--trainer.max_epochs", "3") == 0
+    run = workdir / "lightning_logs" / "version_0"
+    logged = scalars(run)
+    assert len(logged["test/acc"]) == 3 and len(logged["test/loss"]) == 3
+    assert all(0.0 <= a <= 1.0 for a in logged["test/acc"]) and "train/loss" in logged and "train/acc" in logged
+    assert len(logged["final/test_acc"]) == 1 and logged["final/test_acc"][0] == max(logged["test/acc"])
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints)
+    hparams = (run / "hparams.yaml").read_text()
+    assert "lr: 0.01" in hparams and "momentum: 0.5" in hparams and "batch_size: 64" in hparams
+    assert "SeedCNN" in hparams and "class_path: fashion_cnn.nets.SeedCNN" in (run / "config.yaml").read_text()
+    out = capsys.readouterr().out
+    assert "[1] Test loss" in out and "[3] Test loss" in out
+
+
+def test_same_command_same_numbers(workdir):
+    for _ in range(2):
+        assert run_fit("--trainer.max_epochs", "2") == 0
+    runs = [workdir / "lightning_logs" / f"version_{i}" for i in (0, 1)]
+    assert scalars(runs[0])["test/acc"] == scalars(runs[1])["test/acc"]
+    weights = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_validation_split_checkpoints_by_val_acc(workdir):
+    assert run_fit("--trainer.max_epochs", "1", "--data.val_size", "100") == 0
+    run = workdir / "lightning_logs" / "version_0"
+    assert {"val/acc", "val/loss", "test/acc", "test/loss"} <= set(scalars(run))
+    assert any(p.name.startswith("best-epoch00-val_acc") for p in (run / "checkpoints").iterdir())
+
+
+def test_command_line_overrides_reach_the_run(workdir):
+    assert run_fit("--trainer.max_epochs", "1", "--model.lr", "0.05", "--data.batch_size", "128") == 0
+    hparams = (workdir / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
+    assert "lr: 0.05" in hparams and "batch_size: 128" in hparams
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.lr", "0"], "model.lr"),
+        (["--model.lr", "-0.1"], "model.lr"),
+        (["--data.batch_size", "0"], "data.batch_size"),
+        (["--model.lrr", "0.1"], "model.lrr"),
+        (["--trainer.max_epochs", "0"], "max_epochs must be positive"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_touches_no_run(workdir, capsys, args, message):
+    previous = workdir / "lightning_logs" / "version_0"
+    previous.mkdir(parents=True)
+    (previous / "notes.txt").write_text("an earlier run")
+    before = tree_digest(workdir / "lightning_logs")
+    with pytest.raises(SystemExit) as exit_info:
+        run_fit(*args)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0] and "Traceback" not in err
+    assert tree_digest(workdir / "lightning_logs") == before
+
+
+def test_unknown_key_in_a_config_file(workdir, capsys):
+    config = workdir / "bad.yaml"
+    config.write_text("model:\n  learning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        run_fit("--config", str(config))
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "Traceback" not in err
+
+
+def test_missing_data_is_one_line(workdir, capsys, no_other_copies):
+    code = fit.main(["--data.data_dir", str(workdir / "nowhere"), "--data.download", "false"])
+    err = capsys.readouterr().err
+    assert code == 1 and "FashionMNIST not found" in err and "make data" in err and "Traceback" not in err
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_help_and_print_config_as_a_user_runs_them(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fashion_cnn.fit", *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    helped = cli("--help")
+    assert helped.returncode == 0 and "--model.lr" in helped.stdout and "--data.batch_size" in helped.stdout
+    printed = cli("--print_config", "--model.lr", "0.05")
+    assert printed.returncode == 0 and "lr: 0.05" in printed.stdout and "max_epochs: 40" in printed.stdout
+    bad = cli("--data.batch_size", "-1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "data.batch_size" in bad.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_data_dir_that_is_a_file(workdir, capsys):
+    (workdir / "data").write_text("not a directory")
+    assert fit.main(["--data.data_dir", "data"]) == 1
+    assert "is a file, not a directory" in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""The training module: loss, optimiser, metrics and the divergence guard."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from fashion_cnn.module import FashionClassifier, TrainingDiverged
+from fashion_cnn.nets import SeedCNN
+
+
+def test_defaults_are_the_notebooks_recipe():
+    model = FashionClassifier()
+    assert isinstance(model.net, SeedCNN)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.01 and group["momentum"] == 0.5 and not group["nesterov"]
+
+
+def test_training_learns_from_real_images(small_dm):
+    torch.manual_seed(0)
+    model = FashionClassifier(lr=0.05, momentum=0.9)
+    trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=small_dm)
+    first = trainer.logged_metrics  # after the last epoch
+    assert first["test/acc"] > 0.55  # 10 classes: chance is 0.10
+    assert set(first) >= {"train/loss", "train/acc", "test/loss", "test/acc"}
+
+
+def test_divergence_stops_at_once_with_a_clear_message(small_dm):
+    torch.manual_seed(0)
+    model = FashionClassifier(lr=1e6, momentum=0.5)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    with pytest.raises(TrainingDiverged, match=r"training loss became (nan|inf) at epoch 0, step \d+.*model.lr"):
+        trainer.fit(model, datamodule=small_dm)
+    assert trainer.current_epoch == 0
+
+
+def test_onecycle_schedule_steps_per_batch(small_dm):
+    model = FashionClassifier(lr=0.1, schedule="onecycle")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=small_dm)
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step" and scheduler.scheduler.last_epoch == 8  # 512 / 64 steps

@@ -1,0 +1,47 @@
+"""The seed network is the notebook's CNN, minus its quirks."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashion_cnn.nets import SeedCNN
+
+
+def notebook_forward(net: SeedCNN, x: torch.Tensor) -> torch.Tensor:
+    """The notebook's forward pass, written as it was (eval mode: dropout off), with the same weights."""
+    conv1, conv2 = net.features[0], net.features[3]
+    fc1, fc2 = net.classifier[0], net.classifier[3]
+    x = F.relu(F.max_pool2d(conv1(x), 2))
+    x = F.relu(F.max_pool2d(conv2(x), 2))
+    x = x.view(-1, 320)
+    x = F.relu(fc1(x))
+    return F.log_softmax(fc2(x), dim=1)
+
+
+def test_shapes_and_parameter_count():
+    net = SeedCNN()
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    # conv1 10*(25+1) + conv2 20*(250+1) + fc1 50*(320+1) + fc2 10*(50+1)
+    assert sum(p.numel() for p in net.parameters()) == 260 + 5020 + 16050 + 510
+
+
+def test_same_function_as_the_notebook_returning_logits():
+    torch.manual_seed(0)
+    net = SeedCNN().eval()
+    x = torch.randn(8, 1, 28, 28)
+    logits = net(x)
+    torch.testing.assert_close(F.log_softmax(logits, dim=1), notebook_forward(net, x))
+    # log_softmax is idempotent, so the notebook's log_softmax before cross_entropy changed nothing
+    labels = torch.arange(8) % 10
+    torch.testing.assert_close(F.cross_entropy(logits, labels), F.cross_entropy(notebook_forward(net, x), labels))
+
+
+def test_dropout_is_plain_elementwise_dropout_after_fc1():
+    net = SeedCNN()
+    dropouts = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 1 and type(dropouts[0]) is nn.Dropout and dropouts[0].p == 0.5
+    # what the notebook's Dropout2d did to its flat [B, 50] tensor: zero single elements, not whole rows
+    torch.manual_seed(0)
+    out = dropouts[0](torch.ones(64, 50))
+    zeros = (out == 0).float()
+    assert 0.4 < zeros.mean() < 0.6 and (zeros.sum(dim=1) < 50).all()
