@@ -9,6 +9,7 @@ The shipped ``configs/seed.yaml`` (the notebook's experiment) is always read fir
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -38,9 +39,6 @@ class OneLineErrorParser(LightningArgumentParser):
 
 class FashionCLI(LightningCLI):
     """LightningCLI with the project's defaults and its checkpoint policy."""
-
-    def init_parser(self, **kwargs) -> LightningArgumentParser:
-        return OneLineErrorParser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -84,12 +82,15 @@ def resolve_config_names(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
+    # argv is sys.argv with shipped config names resolved; Lightning would warn that both are given.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         cli = FashionCLI(
             FashionClassifier,
             FashionMNISTDataModule,
             run=False,
             args=argv,
+            parser_class=OneLineErrorParser,
             parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
         )
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)

@@ -105,7 +105,7 @@ def test_failed_download_is_one_line_and_leaves_nothing_behind(no_other_copies, 
 def test_incomplete_copy_is_an_error_not_skipped(no_other_copies, fixture_copy):
     raw = fixture_copy / "FashionMNIST" / "raw"
     (raw / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DataError, match="incomplete FashionMNIST copy .* missing t10k-labels-idx1-ubyte"):
+    with pytest.raises(DataError, match=r"incomplete FashionMNIST copy .* missing t10k-labels-idx1-ubyte"):
         find(fixture_copy)
 
 

@@ -1,0 +1,223 @@
+"""Seconds per epoch, side by side, in one run: the notebook's loop, the bare floor, and the project's entry point.
+
+    python benchmarks/bench.py [--epochs 3] [--json benchmarks/results/bench.json]
+    python benchmarks/bench.py --time-to 0.885 --config fast   # wall time to reach a test accuracy
+
+Each variant runs in its own process on the same real data (batch 64, the seed CNN, SGD 0.01/0.5), so its peak
+RSS is its own. An epoch is 60,000 training images plus the 10,000-image test; the figure reported is the median
+of the epochs after the first (warm-up). Machines are shared and noisy: compare the ratios, not the seconds.
+
+- notebook: the notebook's code (torchvision's FashionMNIST class, per-image ToTensor + Normalize, DataLoader).
+- floor:    the same SGD steps on normalised tensors already in memory; no framework, no logging.
+- project:  ``python -m fashion_cnn.fit --config seed`` (Lightning, torchmetrics, TensorBoard, checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def notebook_worker(epochs: int, target: float | None) -> None:
+    """The notebook's cells, as written there (only the data path and the prints differ)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torch.optim as optim
+    from torchvision import datasets, transforms
+
+    from fashion_cnn.data_files import SPLITS, file_name, find
+
+    torch.manual_seed(0)
+    # torchvision's class reads decompressed files from root/FashionMNIST/raw; give it the real ones.
+    root = Path(tempfile.mkdtemp(prefix="bench-notebook-"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    source = find(None)
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            name = file_name(split, kind)
+            gz = source / f"{name}.gz"
+            (raw / name).write_bytes(gzip.decompress(gz.read_bytes()) if gz.exists() else (source / name).read_bytes())
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train_loader = torch.utils.data.DataLoader(datasets.FashionMNIST(str(root), train=True, transform=transform),
+                                               batch_size=64, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(datasets.FashionMNIST(str(root), train=False, transform=transform),
+                                              batch_size=64, shuffle=True)
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+            self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+            self.drop = nn.Dropout2d()
+            self.fc1 = nn.Linear(320, 50)
+            self.fc2 = nn.Linear(50, 10)
+
+        def forward(self, x):
+            x = F.relu(F.max_pool2d(self.conv1(x), 2))
+            x = F.relu(F.max_pool2d(self.conv2(x), 2))
+            x = x.view(-1, 320)
+            x = F.relu(self.fc1(x))
+            x = self.drop(x)
+            x = self.fc2(x)
+            return F.log_softmax(x, dim=1)
+
+    model = CNN()
+    optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        for batch_idx, (data, target_) in enumerate(train_loader):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(data), target_)
+            loss.backward()
+            optimizer.step()
+            if batch_idx % 200 == 0:
+                loss.item()  # the notebook prints it
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for data, target_ in test_loader:
+                correct += model(data).max(1, keepdim=True)[1].eq(target_.view(-1, 1)).sum().item()
+        acc = correct / len(test_loader.dataset)
+        report(epoch=epoch, seconds=time.perf_counter() - t0, acc=acc, elapsed=time.perf_counter() - start)
+        if target is not None and acc >= target:
+            break
+
+
+def floor_worker(epochs: int, target: float | None) -> None:
+    """The same SGD steps on tensors already in memory: the hardware's floor for this recipe."""
+    import torch
+    import torch.nn.functional as F
+
+    from fashion_cnn.data_files import find, load_split
+    from fashion_cnn.nets import SeedCNN
+
+    torch.manual_seed(0)
+    source = find(None)
+
+    def prepared(split):
+        images, labels = load_split(source, split)
+        return ((images.float() / 255 - 0.2860) / 0.3530).unsqueeze(1), labels
+
+    (x, y), (xt, yt) = prepared("train"), prepared("test")
+    model = SeedCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        for idx in torch.randperm(len(y)).split(64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.inference_mode():
+            batches = zip(xt.split(1000), yt.split(1000), strict=True)
+            correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in batches)
+        acc = correct / len(yt)
+        report(epoch=epoch, seconds=time.perf_counter() - t0, acc=acc, elapsed=time.perf_counter() - start)
+        if target is not None and acc >= target:
+            break
+
+
+def report(**values: float) -> None:
+    print("BENCH " + json.dumps(values), flush=True)
+
+
+def run_variant(name: str, epochs: int, config: str, target: float | None) -> dict:
+    """Run one variant in a fresh process; collect its per-epoch times, accuracies and peak RSS."""
+    if name == "project":
+        logs = tempfile.mkdtemp(prefix="bench-logs-")
+        cmd = [sys.executable, "-m", "fashion_cnn.fit", "--config", config, "--trainer.max_epochs", str(epochs),
+               "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", logs]
+    else:
+        cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs)]
+        if target is not None:
+            cmd += ["--time-to", str(target)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = re.search(r"^\[(\d+)\] .*Test loss [\d.]+, accuracy ([\d.]+)% \(([\d.]+) s\)", line)
+        if name == "project" and match and target is not None and float(match.group(2)) / 100 >= target:
+            lines.append(f"reached target at {time.perf_counter() - start:.1f} s\n")
+            break
+    _, _, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    epochs_seen = []
+    for line in lines:
+        if line.startswith("BENCH "):
+            epochs_seen.append(json.loads(line[6:]))
+        elif match := re.search(r"^\[(\d+)\] .*Test loss [\d.]+, accuracy ([\d.]+)% \(([\d.]+) s\)", line):
+            epochs_seen.append({"epoch": int(match.group(1)), "acc": float(match.group(2)) / 100,
+                                "seconds": float(match.group(3))})
+    if not epochs_seen:
+        sys.exit(f"{name} produced no epochs:\n{''.join(lines[-20:])}")
+    timed = [e["seconds"] for e in epochs_seen[1:]] or [epochs_seen[0]["seconds"]]
+    result = {"seconds_per_epoch": statistics.median(timed), "peak_rss_gb": usage.ru_maxrss / 2**20,
+              "epochs": epochs_seen, "wall_seconds": wall}
+    if target is not None:
+        reached = [e for e in epochs_seen if e["acc"] >= target]
+        result["epochs_to_target"] = reached[0]["epoch"] if reached else None
+        result["seconds_to_target"] = (sum(e["seconds"] for e in epochs_seen[: reached[0]["epoch"]])
+                                       if reached else None)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per variant (the first is a warm-up)")
+    parser.add_argument("--config", default="seed", help="the project's config for the 'project' variant")
+    parser.add_argument("--variants", default="notebook,floor,project")
+    parser.add_argument("--time-to", type=float, default=None, dest="target",
+                        help="instead: train until this test accuracy (e.g. 0.885) and report the time to it")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        {"notebook": notebook_worker, "floor": floor_worker}[args.worker](args.epochs, args.target)
+        return
+
+    results = {}
+    for name in args.variants.split(","):
+        print(f"running {name} ...", flush=True)
+        results[name] = run_variant(name, args.epochs, args.config, args.target)
+        r = results[name]
+        print(f"  {name:<9} {r['seconds_per_epoch']:6.2f} s/epoch   peak RSS {r['peak_rss_gb']:.2f} GB   "
+              f"test acc {r['epochs'][-1]['acc']:.4f}", flush=True)
+    print()
+    if args.target is not None:
+        for name, r in results.items():
+            print(f"{name:<9} reached {args.target:.1%} after {r['epochs_to_target']} epochs, "
+                  f"{r['seconds_to_target']} s of training+test" if r["epochs_to_target"] else
+                  f"{name:<9} did not reach {args.target:.1%} in {len(r['epochs'])} epochs")
+    else:
+        base = results.get("project")
+        for other in ("notebook", "floor"):
+            if base and other in results:
+                ratio = base["seconds_per_epoch"] / results[other]["seconds_per_epoch"]
+                rss = base["peak_rss_gb"] / results[other]["peak_rss_gb"]
+                print(f"project/{other:<8} time {ratio:5.2f}x   peak RSS {rss:5.2f}x")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
