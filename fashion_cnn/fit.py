@@ -16,6 +16,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from fashion_cnn import checkpoints
+from fashion_cnn.checkpoints import CheckpointError
 from fashion_cnn.data_files import DataError
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier, TrainingDiverged
@@ -42,26 +44,50 @@ class FashionCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="resume training from this checkpoint")
+                            help="resume training from this checkpoint; `last`: the newest run's last.ckpt")
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config.trainer
         if trainer.max_epochs is not None and trainer.max_epochs <= 0:
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
+        if self.config.ckpt_path:
+            self._resume_into_its_run()
+
+    def _resume_into_its_run(self) -> None:
+        """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
+        logging into its run's TensorBoard directory instead of starting an unrelated version."""
+        logger = self.config.trainer.logger
+        log_root = Path(logger.init_args.save_dir) / logger.init_args.name if _is_tensorboard(logger) else None
+        path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs")
+        checkpoints.read(path)
+        self.config.ckpt_path = str(path)
+        run = checkpoints.run_dir_of(path)
+        if log_root is not None and run.parent.resolve() == log_root.resolve() and run.name.startswith("version_"):
+            logger.init_args.version = int(run.name.removeprefix("version_"))
+            self.save_config_kwargs["overwrite"] = True  # config.yaml of that run: same experiment, resumed
 
     def instantiate_trainer(self, **kwargs):
-        # Keep the best epoch by validation accuracy when a validation split exists; otherwise by test accuracy,
-        # which is the notebook's protocol (it has no validation split) and is said so in the README.
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = list(trainer.get("callbacks") or [])
+        if trainer.get("enable_progress_bar") is False:  # so that flag also switches off the configured bar
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        if trainer.get("enable_checkpointing") is not False:
+            callbacks.append(self._best_checkpoint())
+        if trainer.get("logger") is False:  # no run directory: do not write config.yaml into the working directory
+            self.save_config_callback = None
+        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+
+    def _best_checkpoint(self) -> ModelCheckpoint:
+        """Keep the last epoch and the best one: by validation accuracy when there is a validation split, else by
+        test accuracy, which is the notebook's protocol (it has no validation split); the README says so."""
         split = "val" if self.datamodule.hparams.val_size else "test"
-        best = ModelCheckpoint(monitor=f"{split}/acc", mode="max", save_last=True,
+        return ModelCheckpoint(monitor=f"{split}/acc", mode="max", save_last=True,
                                filename=f"best-epoch{{epoch:02d}}-{split}_acc{{{split}/acc:.4f}}",
                                auto_insert_metric_name=False)
-        trainer = self._get(self.config_init, "trainer", default={})
-        configured = trainer.get("callbacks") or []
-        if trainer.get("enable_progress_bar") is False:  # so that flag also switches off the configured bar
-            configured = [c for c in configured if not isinstance(c, ProgressBar)]
-        kwargs["callbacks"] = [*configured, best]
-        return super().instantiate_trainer(**kwargs)
+
+
+def _is_tensorboard(logger) -> bool:
+    return bool(logger) and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
 
 
 def resolve_config_names(argv: list[str]) -> list[str]:
@@ -93,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
             parser_class=OneLineErrorParser,
             parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
         )
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
-    except (DataError, ConfigError, TrainingDiverged, MisconfigurationException) as err:
+        trainer = cli.trainer
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+        if trainer.interrupted:
+            return 130
+        best = "best" if trainer.checkpoint_callback is not None else None  # else: the final weights
+        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
+    except (DataError, ConfigError, CheckpointError, TrainingDiverged, MisconfigurationException) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,126 @@
+"""Find and load a trained checkpoint: the one place evaluate, predict and export get a model from.
+
+``best`` and ``last`` name the checkpoints of the newest ``lightning_logs/version_N`` run; anything else is a path.
+Loading always uses ``weights_only=True``, so a checkpoint whose pickle would run code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fashion_cnn.datamodule import FashionMNISTDataModule
+from fashion_cnn.module import FashionClassifier
+
+NAMED = ("best", "last")
+_RUN_DIR = re.compile(r"version_(\d+)")
+_TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found or loaded; the message is one line: what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint's network (eval mode, CPU) and the data settings it was trained with."""
+
+    path: Path
+    net: nn.Module
+    datamodule: FashionMNISTDataModule  # not set up: its hparams (mean, std, data_dir, ...) and normalize()
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir_of(self.path)
+
+    @property
+    def mean(self) -> float:
+        return float(self.datamodule.hparams.mean)
+
+    @property
+    def std(self) -> float:
+        return float(self.datamodule.hparams.std)
+
+
+def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoints/*.ckpt") -> Path:
+    """The ``version_N`` directory with the highest N that holds files matching ``holding`` (a run that died
+    early has no checkpoints, so it is passed over)."""
+    logs_dir = Path(logs_dir)
+    runs = [(int(m.group(1)), p) for p in (logs_dir.iterdir() if logs_dir.is_dir() else [])
+            if (m := _RUN_DIR.fullmatch(p.name)) and any(p.glob(holding))]
+    if not runs:
+        raise CheckpointError(f"no run in {logs_dir}/ has {holding} (looked in version_N/); "
+                              f"{_TRAIN_HINT}, or pass --logs_dir")
+    return max(runs)[1]
+
+
+def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Path:
+    """``best``/``last`` of the newest run under ``logs_dir``, or the given path, checked to be an existing file."""
+    if str(ckpt_path) in NAMED:
+        checkpoints = newest_run(logs_dir) / "checkpoints"
+        pattern = "best*.ckpt" if str(ckpt_path) == "best" else "last*.ckpt"
+        # Newest first: a resumed run may have left an older best-*.ckpt beside the current one.
+        found = sorted(checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+        if not found:
+            raise CheckpointError(f"no {pattern} in {checkpoints}/; give --ckpt_path a .ckpt file from there")
+        return found[0]
+    path = Path(ckpt_path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file "
+                              f"(e.g. lightning_logs/version_0/checkpoints/last.ckpt), or `best`/`last`")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file; give a .ckpt file inside it")
+    return path
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory (parent of ``checkpoints/``), or the checkpoint's own directory outside a run."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def read(path: Path) -> dict:
+    """The checkpoint dict, read with ``weights_only=True``; any failure becomes a :class:`CheckpointError`."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch raises this when the pickle asks for anything beyond tensors and plain containers: code to run.
+        reason = " ".join(str(err).split("\n")[0].split())[:160]
+        raise CheckpointError(
+            f"{path} is not a plain weights checkpoint: its pickle would run code, so it was refused unopened "
+            f"({reason}); use a checkpoint written by fashion_cnn.fit, and only open files you trust") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        first = " ".join(str(err).split("\n")[0].split())[:160]
+        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first}); "
+                              f"copy it again or use another checkpoint (e.g. last.ckpt of the same run)") from None
+    missing = [k for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+               if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not a fashion_cnn.fit checkpoint (it lacks {', '.join(missing)}); "
+                              f"use a .ckpt file from lightning_logs/version_N/checkpoints/")
+    return checkpoint
+
+
+def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:
+    """Resolve ``ckpt_path`` (a path, ``best`` or ``last``) and rebuild its network and data settings on the CPU."""
+    path = resolve(ckpt_path, logs_dir)
+    checkpoint = read(path)  # checks the file before Lightning touches it, so failures are one line
+    try:
+        with warnings.catch_warnings():
+            # Rebuilding from hparams passes `net` as a module, which save_hyperparameters warns about: not news.
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            module = FashionClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
+        datamodule = FashionMNISTDataModule(**data_hparams)
+    except (RuntimeError, KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
+        first = " ".join(str(err).split("\n")[0].split())[:200]
+        raise CheckpointError(f"{path}: cannot rebuild the model from it ({first}); it may come from another "
+                              f"version of fashion_cnn: use the code version that wrote it") from None
+    # `net` is the plain network: `module.forward` may be torch.compile'd, which evaluation does not need.
+    return Loaded(path=path, net=module.net.eval(), datamodule=datamodule)
