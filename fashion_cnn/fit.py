@@ -8,6 +8,7 @@ The shipped ``configs/seed.yaml`` (the notebook's experiment) is always read fir
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -34,8 +35,10 @@ class OneLineErrorParser(LightningArgumentParser):
     """Reports a bad argument or config as one line (plus a pointer to --help) instead of the whole usage text."""
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-        first = " ".join(str(message).split("\n")[0].split())
-        sys.stderr.write(f"{PROG}: error: {first}\n  (see `{PROG} --help`, or --print_config for the full config)\n")
+        lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
+        summary = " ".join(lines[:2])  # jsonargparse puts the key on the first line and the reason on the second
+        summary += next((f" ({line})" for line in lines[2:] if line.startswith("Given value:")), "")
+        sys.stderr.write(f"{PROG}: error: {summary}\n  (see `{PROG} --help`, or --print_config for the full config)\n")
         raise SystemExit(2)
 
 
@@ -50,6 +53,9 @@ class FashionCLI(LightningCLI):
         trainer = self.config.trainer
         if trainer.max_epochs is not None and trainer.max_epochs <= 0:
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
+        logger = trainer.logger
+        if _is_tensorboard(logger):
+            _check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
         if self.config.ckpt_path:
             self._resume_into_its_run()
 
@@ -84,6 +90,14 @@ class FashionCLI(LightningCLI):
         return ModelCheckpoint(monitor=f"{split}/acc", mode="max", save_last=True,
                                filename=f"best-epoch{{epoch:02d}}-{split}_acc{{{split}/acc:.4f}}",
                                auto_insert_metric_name=False)
+
+
+def _check_writable(log_root: Path) -> None:
+    """Fail before any work if runs cannot be written (rather than after an epoch of training)."""
+    existing = next((p for p in (log_root, *log_root.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write runs to {log_root}: {existing} is not a writable directory; "
+                          f"choose another place with --trainer.logger.init_args.save_dir DIR")
 
 
 def _is_tensorboard(logger) -> bool:

@@ -87,6 +87,10 @@ def test_command_line_overrides_reach_the_run(workdir):
         (["--data.batch_size", "0"], "data.batch_size"),
         (["--model.lrr", "0.1"], "model.lrr"),
         (["--trainer.max_epochs", "0"], "max_epochs must be positive"),
+        (["--trainer.max_epochs", "-3"], "max_epochs must be positive"),
+        (["--model.lr", "abc"], "model.lr"),
+        (["--data.val_size", "-1"], "data.val_size"),
+        (["--model.schedule", "cosine"], "model.schedule"),
     ],
 )
 def test_bad_configuration_is_one_line_and_touches_no_run(workdir, capsys, args, message):
@@ -139,3 +143,11 @@ def test_data_dir_that_is_a_file(workdir, capsys):
     (workdir / "data").write_text("not a directory")
     assert fit.main(["--data.data_dir", "data"]) == 1
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_log_directory_that_cannot_be_written(workdir, capsys):
+    (workdir / "logs_here").write_text("a file, not a directory")
+    code = run_fit("--trainer.logger.init_args.save_dir", "logs_here/runs")
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot write runs to logs_here/runs/lightning_logs" in err and "Traceback" not in err
+    assert (workdir / "logs_here").read_text() == "a file, not a directory"
