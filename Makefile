@@ -7,14 +7,15 @@ CONFIG   ?= seed
 ARGS     ?=
 DATA_DIR ?= data
 PORT     ?= 6006
+RUN      ?=
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test test-slow tensorboard lint clean
+.PHONY: help setup data train test test-slow tensorboard report lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  Variables: CONFIG=seed|fast|strong|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006"
+	@echo "  Variables: CONFIG=seed|fast|strong|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N"
 
 setup: $(STAMP) ## Create .venv and install the project (quick when already done)
 
@@ -45,6 +46,9 @@ test-slow: setup ## Run only the long tests (full-data training)
 tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
 	@echo "TensorBoard: open http://localhost:$(PORT)/"
 	$(VENV)/bin/tensorboard --logdir lightning_logs --port $(PORT)
+
+report: setup ## Draw a run's learning curves next to the notebook's into docs/learning_curves.png (RUN=newest)
+	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN))
 
 lint: setup ## Check the code with ruff
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,19 @@
-"""Trainer callbacks: the notebook-style per-epoch summary line."""
+"""Trainer callbacks: the notebook-style per-epoch summary line, TensorBoard pictures and the hparams tab."""
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import lightning as L
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+
+from fashion_cnn import CLASSES
+from fashion_cnn.analysis import confusion_matrix, examples_to_show, per_class_scores, predict
+from fashion_cnn.figures import confusion_matrix_figure, predictions_figure
 
 
 class EpochSummary(L.Callback):
@@ -23,3 +32,96 @@ class EpochSummary(L.Callback):
         line = f"[{trainer.current_epoch + 1}] {' | '.join(parts)} ({time.perf_counter() - self._start:.1f} s)"
         bar = trainer.progress_bar_callback
         bar.print(line) if bar is not None and hasattr(bar, "print") else print(line, flush=True)
+
+
+def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
+    """The trainer's TensorBoardLogger, if it has one (pictures and the hparams tab need TensorBoard)."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+class PredictionPictures(L.Callback):
+    """Every ``every_n_epochs`` epochs and at the end of training, logs to TensorBoard what the accuracy curve
+    cannot show: the test-set confusion matrix, a grid of test images with their predictions (mostly the most
+    confident mistakes, plus a few correct ones) and each class's test accuracy (``test_class_acc/<class>``).
+
+    It re-predicts the datamodule's in-memory test set on rank zero only (10,000 images: well under a second
+    on a GPU), instead of collecting outputs in ``validation_step``, so the module stays unaware of it.
+
+    Args:
+        every_n_epochs: how often to log (the last epoch is always logged).
+        mistakes: how many mistaken images to show at most.
+        correct: how many correctly classified images to show next to them.
+    """
+
+    def __init__(self, every_n_epochs: PositiveInt = 5, mistakes: NonNegativeInt = 24,
+                 correct: NonNegativeInt = 8) -> None:
+        self.every_n_epochs, self.mistakes, self.correct = every_n_epochs, mistakes, correct
+        self._logged_step: int | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = trainer.should_stop or (trainer.max_epochs is not None and epoch >= trainer.max_epochs)
+        if epoch % self.every_n_epochs == 0 or last:
+            self.log_pictures(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Training can also end on max_steps or max_time, in the middle of an epoch: show the final model too.
+        if self._logged_step != trainer.global_step:  # (current_epoch has already moved on here)
+            self.log_pictures(trainer, pl_module)
+
+    def log_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        test_set = getattr(trainer.datamodule, "test_set", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or logger is None or test_set is None:
+            return
+        epoch, step = trainer.current_epoch + 1, trainer.global_step
+        self._logged_step = step
+        net = getattr(pl_module, "net", pl_module)  # the plain network: a torch.compile'd forward would recompile
+        preds = predict(net, test_set.images, test_set.labels, trainer.datamodule.normalize)
+        cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
+        recall = per_class_scores(cm)["recall"]
+        logger.log_metrics({f"test_class_acc/{name}": float(recall[i]) for i, name in enumerate(CLASSES)}, step)
+        title = f"epoch {epoch}: test accuracy {100 * preds.accuracy:.2f}%"
+        logger.experiment.add_figure("test/confusion_matrix", confusion_matrix_figure(
+            cm, CLASSES, f"Test confusion matrix, {title}"), step, close=True)
+        shown = examples_to_show(preds, self.mistakes, self.correct)
+        logger.experiment.add_figure("test/predictions", predictions_figure(
+            test_set.images[shown], preds.labels[shown], preds.predicted[shown], preds.probs[shown].max(dim=1).values,
+            CLASSES, f"Test images, {title}: red = mistake (true class below)"), step, close=True)
+
+
+class HParamsSummary(L.Callback):
+    """Fills TensorBoard's HPARAMS tab: the run's hyperparameters next to its final test accuracy and loss.
+
+    ``TensorBoardLogger.log_hyperparams(params, metrics)`` would also log the metrics again as scalars, giving
+    ``final/test_acc`` a second point; the module already logs them, so this writes only the hparams summary,
+    whose metric columns TensorBoard fills from those scalars.
+    """
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("final/")}
+        if not trainer.is_global_zero or logger is None or not metrics:
+            return
+        params = {**_flat(dict(pl_module.hparams), "model"), "trainer.max_epochs": trainer.max_epochs}
+        if trainer.datamodule is not None:
+            params.update(_flat(dict(trainer.datamodule.hparams), "data"))
+        if "PL_GLOBAL_SEED" in os.environ:  # set by seed_everything
+            params["seed_everything"] = int(os.environ["PL_GLOBAL_SEED"])
+        writer = logger.experiment._get_file_writer()  # what TensorBoardLogger.log_hyperparams itself writes to
+        for summary in hparams(params, metrics):
+            writer.add_summary(summary)
+        logger.experiment.flush()
+
+
+def _flat(values: dict[str, Any], prefix: str) -> dict[str, str | int | float | bool]:
+    """Nested hparams as ``prefix.key.subkey`` scalars; TensorBoard accepts only str/int/float/bool values."""
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in values.items():
+        if key.startswith("_"):  # LightningCLI bookkeeping such as _instantiator
+            continue
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}.{key}"))
+        else:
+            out[f"{prefix}.{key}"] = value if isinstance(value, str | int | float | bool) else str(value)
+    return out

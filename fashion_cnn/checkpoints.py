@@ -91,10 +91,11 @@ def read(path: Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch raises this when the pickle asks for anything beyond tensors and plain containers: code to run.
-        reason = " ".join(str(err).split("\n")[0].split())[:160]
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"it asks for {found.group(1)}" if found else "torch refused it under weights_only=True"
         raise CheckpointError(
-            f"{path} is not a plain weights checkpoint: its pickle would run code, so it was refused unopened "
-            f"({reason}); use a checkpoint written by fashion_cnn.fit, and only open files you trust") from None
+            f"{path} is not a plain weights checkpoint: its pickle would run code ({what}), so it was not loaded; "
+            f"use a checkpoint written by fashion_cnn.fit, and open other files only if you trust them") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         first = " ".join(str(err).split("\n")[0].split())[:160]
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first}); "

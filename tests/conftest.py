@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -45,3 +46,42 @@ def real_data_dir() -> Path | None:
 
 requires_real_data = pytest.mark.skipif(real_data_dir() is None,
                                         reason="the real FashionMNIST is not installed (run `make data`)")
+
+
+TRAINED_EPOCHS = 3
+# The picture callback every 2 epochs, so the 3-epoch run shows both the periodic and the last-epoch pictures.
+_TRAINED_CALLBACKS = """\
+trainer:
+  callbacks:
+    - class_path: fashion_cnn.callbacks.PredictionPictures
+      init_args: {every_n_epochs: 2}
+    - class_path: fashion_cnn.callbacks.HParamsSummary
+    - class_path: lightning.pytorch.callbacks.LearningRateMonitor
+      init_args: {logging_interval: epoch}
+"""
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One short training run on the fixture (fit, then the final test of the best checkpoint), shared by the
+    tests of the commands that read runs and checkpoints; returns its lightning_logs/version_0 directory."""
+    from fashion_cnn import fit
+
+    root = tmp_path_factory.mktemp("trained")
+    (root / "callbacks.yaml").write_text(_TRAINED_CALLBACKS)
+    previous = os.getcwd()
+    os.chdir(root)  # the run goes to ./lightning_logs
+    try:
+        code = fit.main(["--config", str(root / "callbacks.yaml"), "--data.data_dir", str(FIXTURE),
+                         "--data.verify", "false", "--data.download", "false",
+                         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                         "--trainer.log_every_n_steps", "4", "--trainer.max_epochs", str(TRAINED_EPOCHS),
+                         "--model.lr", "0.05", "--model.momentum", "0.9"])  # learns something in 3 short epochs
+    finally:
+        os.chdir(previous)
+    assert code == 0
+    return root / "lightning_logs" / "version_0"
+
+
+def best_checkpoint(run: Path) -> Path:
+    return next((run / "checkpoints").glob("best*.ckpt"))

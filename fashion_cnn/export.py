@@ -1,0 +1,118 @@
+"""Export a checkpoint's network for serving: ``python -m fashion_cnn.export --ckpt_path PATH|best|last``.
+
+Writes ``<checkpoint name>.torchscript.pt`` and/or ``<checkpoint name>.onnx`` (input ``images``: normalised float32
+[B, 1, 28, 28] with any batch size B; output ``logits`` [B, 10]) and ``<checkpoint name>.json`` with the mean/std to
+normalise with and the class names. ONNX needs the ``export`` extra: ``pip install -e '.[export]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fashion_cnn import CLASSES
+from fashion_cnn.checkpoints import Loaded, load
+from fashion_cnn.commands import CommandError, parser, run
+
+PROG = "python -m fashion_cnn.export"
+FORMATS = ("torchscript", "onnx")
+INPUT_SHAPE = (1, 28, 28)
+
+
+def export_torchscript(net: nn.Module, path: Path) -> Path:
+    """``torch.jit.script`` of the network (scripting, unlike tracing, keeps every input shape general)."""
+    with warnings.catch_warnings():
+        # Deprecated in favour of torch.export, but TorchScript is still what C++/LibTorch and many servers load.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        torch.jit.script(net).save(str(path))
+    return path
+
+
+def export_onnx(net: nn.Module, path: Path) -> Path:
+    """ONNX via ``torch.export``, with the batch dimension left dynamic."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs both; fail with a clear message instead)
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise CommandError(f"ONNX export needs the {err.name} package: pip install -e '.[export]' "
+                           f"(or choose --formats torchscript)") from None
+    example = torch.zeros(2, *INPUT_SHAPE)  # 2, not 1: torch.export would specialise a batch of 1 as a constant
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress chatter and deprecation notes of its internals
+        torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                          external_data=False)  # one self-contained file: the weights are only 87 kB
+    return path
+
+
+def sidecar(loaded: Loaded, files: list[Path]) -> dict:
+    """How to feed the exported network: what a server needs besides the weights."""
+    return {
+        "checkpoint": str(loaded.path),
+        "files": [f.name for f in files],
+        "input": {"name": "images", "shape": ["batch", *INPUT_SHAPE], "dtype": "float32",
+                  "normalise": "x = (uint8_pixels / 255 - mean) / std; light object on black, like FashionMNIST"},
+        "output": {"name": "logits", "shape": ["batch", len(CLASSES)], "softmax": "for probabilities"},
+        "mean": loaded.mean,
+        "std": loaded.std,
+        "classes": list(CLASSES),
+    }
+
+
+def export(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[Path]:
+    """Write the chosen formats and the JSON sidecar into ``out_dir``; returns the paths written."""
+    stem = loaded.path.stem
+    net = loaded.net.eval()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        if "torchscript" in formats:
+            files.append(export_torchscript(net, out_dir / f"{stem}.torchscript.pt"))
+        if "onnx" in formats:
+            files.append(export_onnx(net, out_dir / f"{stem}.onnx"))
+        meta = out_dir / f"{stem}.json"
+        meta.write_text(json.dumps(sidecar(loaded, files), indent=2) + "\n")
+    except OSError as err:
+        raise CommandError(f"cannot write to {out_dir} ({err.strerror or err}); choose a writable --out_dir") from None
+    return [*files, meta]
+
+
+def parse_formats(value: str) -> list[str]:
+    """``--formats``: a comma-separated subset of :data:`FORMATS`."""
+    formats = [f.strip().lower() for f in value.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown format {', '.join(unknown) or '(none given)'}; choose from {','.join(FORMATS)}")
+    return formats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("export", "Export a checkpoint's network as TorchScript and/or ONNX.")
+    p.add_argument("--ckpt_path", required=True,
+                   help="a .ckpt file, or best/last: that checkpoint of the newest run in --logs_dir")
+    p.add_argument("--logs_dir", default="lightning_logs", help="where best/last look for the newest run")
+    p.add_argument("--out_dir", default=None, help="where to write (default: export/ in the checkpoint's run dir)")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {','.join(FORMATS)}")
+    args = p.parse_args(argv)
+    try:
+        formats = parse_formats(args.formats)
+    except ValueError as err:
+        p.error(f"argument --formats: {err}")
+
+    def body() -> int:
+        loaded = load(args.ckpt_path, args.logs_dir)
+        out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir / "export"
+        for path in export(loaded, out_dir, formats):
+            print(f"wrote {path}")
+        return 0
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

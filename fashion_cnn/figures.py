@@ -1,0 +1,104 @@
+"""Matplotlib drawings shared by the TensorBoard callback, ``evaluate`` and ``report``.
+
+Figures are built with the object-oriented API on an Agg canvas, never through pyplot: they render the same on a
+headless training node, open no windows, and leave the caller's (e.g. a notebook's) pyplot backend alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+WRONG, RIGHT = "#c62828", "#2e7d32"  # red / green titles: mistakes stand out at a glance
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering always goes through Agg
+    return fig
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG (creating the directory) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str], title: str = "") -> Figure:
+    """Counts in every cell; colour = share of the true class's images, so small classes read as well as big ones
+    and off-diagonal confusions are visible next to a dominant diagonal."""
+    cm = cm.cpu()
+    share = cm.double() / cm.sum(dim=1, keepdim=True).clamp(min=1)
+    fig = _figure(7.5, 6.5)
+    ax = fig.add_subplot()
+    image = ax.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    n = len(class_names)
+    for true in range(n):
+        for pred in range(n):
+            count = int(cm[true, pred])
+            if count:
+                ax.text(pred, true, str(count), ha="center", va="center", fontsize=8,
+                        color="white" if share[true, pred] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=40, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "Confusion matrix (test set)")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    return fig
+
+
+def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
+                       confidence: torch.Tensor, class_names: Sequence[str], title: str = "",
+                       columns: int = 8) -> Figure:
+    """A grid of uint8 images [K, 28, 28]; each title is the prediction and its probability, in red with the
+    true class underneath when wrong, in green when right."""
+    rows = max(1, math.ceil(len(images) / columns))
+    fig = _figure(1.45 * columns, 1.6 * rows + 0.4)
+    for i, image in enumerate(images.cpu()):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        true, pred = int(labels[i]), int(predicted[i])
+        text = f"{class_names[pred]} {100 * float(confidence[i]):.0f}%"
+        if true != pred:
+            text += f"\ntrue: {class_names[true]}"
+        ax.set_title(text, fontsize=7, color=WRONG if true != pred else RIGHT)
+        for spine in ax.spines.values():
+            spine.set_color(WRONG if true != pred else RIGHT)
+            spine.set_linewidth(2 if true != pred else 1)
+    fig.suptitle(title or "Test images: prediction (probability); red = mistake, with the true class")
+    return fig
+
+
+def learning_curves_figure(epochs: Sequence[int], loss: Sequence[float], acc: Sequence[float], run_label: str,
+                           reference: Sequence[tuple[int, float, float]], reference_label: str,
+                           title: str = "") -> Figure:
+    """Test loss and accuracy (%) per epoch of a run, with reference (epoch, loss, accuracy %) points over it."""
+    fig = _figure(11, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ref_epochs = [e for e, _, _ in reference]
+    ax_loss.plot(epochs, loss, "-", marker=".", label=run_label)
+    ax_loss.plot(ref_epochs, [v for _, v, _ in reference], "o", mfc="none", label=reference_label)
+    ax_acc.plot(epochs, [100 * a for a in acc], "-", marker=".", label=run_label)
+    ax_acc.plot(ref_epochs, [a for _, _, a in reference], "o", mfc="none", label=reference_label)
+    if acc:
+        best = max(range(len(acc)), key=acc.__getitem__)
+        ax_acc.annotate(f"best {100 * acc[best]:.2f}% (epoch {epochs[best]})", (epochs[best], 100 * acc[best]),
+                        xytext=(0, -28), textcoords="offset points", ha="right", fontsize=8,
+                        arrowprops={"arrowstyle": "->", "lw": 0.8})
+    for ax, name in ((ax_loss, "test loss (cross-entropy)"), (ax_acc, "test accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "Learning curves")
+    return fig

@@ -1,0 +1,141 @@
+"""Classify your own images: ``python -m fashion_cnn.predict --ckpt_path PATH|best|last IMAGE_OR_DIR [...]``.
+
+Any PNG/JPEG (any size, colour or grayscale) is turned into what the network was trained on: a 28x28 grayscale
+image of a light object on a black background. A file that cannot be read is reported on one line and skipped;
+the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fashion_cnn import CLASSES
+from fashion_cnn.checkpoints import Loaded, load
+from fashion_cnn.commands import parser, run
+
+PROG = "python -m fashion_cnn.predict"
+SIZE = 28
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class ImageReadError(ValueError):
+    """A file that is not an image this command can read."""
+
+
+def prepare(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a uint8 [28, 28] tensor prepared the way FashionMNIST's images were made.
+
+    Grayscale; inverted when the border is lighter than the centre (the usual dark-on-light photo), since the
+    training images are light objects on black; contrast stretched to 0..255 (the training images span it);
+    shrunk so the longer side is 28 and centred on black, keeping the aspect ratio.
+    """
+    image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways with an EXIF rotation
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # A transparent background is the backdrop of a cut-out product photo: make it white like a photo's.
+        backdrop = Image.new("RGBA", image.size, "white")
+        image = Image.alpha_composite(backdrop, image.convert("RGBA"))
+    gray = image.convert("L")
+    pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, gray.width).float()
+    if _border_mean(pixels) > _centre_mean(pixels):
+        gray = ImageOps.invert(gray)
+    gray = ImageOps.autocontrast(gray)
+    scale = SIZE / max(gray.size)
+    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+    # Area averaging when shrinking, like a camera sensor; smooth interpolation when enlarging small images.
+    gray = gray.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (SIZE, SIZE), 0)
+    canvas.paste(gray, ((SIZE - size[0]) // 2, (SIZE - size[1]) // 2))
+    return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(SIZE, SIZE).clone()
+
+
+def _border_mean(pixels: torch.Tensor) -> float:
+    """Mean of a frame about 1/14 of the shorter side wide (2 px on a 28x28 image): mostly background."""
+    w = max(1, min(pixels.shape) // 14)
+    frame = torch.ones_like(pixels, dtype=torch.bool)
+    frame[w:-w, w:-w] = False
+    return pixels[frame].mean().item()
+
+
+def _centre_mean(pixels: torch.Tensor) -> float:
+    """Mean of the central half (each way): mostly object."""
+    h, w = pixels.shape
+    return pixels[h // 4 : h - h // 4, w // 4 : w - w // 4].mean().item()
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """:func:`prepare` of the image file at ``path``; :class:`ImageReadError` if it is not a readable image."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return prepare(image)
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image (PNG or JPEG expected)") from None
+    except (OSError, ValueError, SyntaxError) as err:  # truncated/corrupt data, unreadable file, a directory, ...
+        raise ImageReadError(f"{path}: cannot read the image ({' '.join(str(err).split())})") from None
+
+
+def expand(inputs: list[str]) -> list[tuple[Path, str | None]]:
+    """Files to classify, in order: the files given and the PNG/JPEG files directly inside given directories
+    (sorted); each with an error message instead when there is nothing to read."""
+    files: list[tuple[Path, str | None]] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += [(p, None) for p in found] or [(path, f"{path}: no .png/.jpg/.jpeg files in this directory")]
+        else:
+            files.append((path, None if path.exists() else f"{path}: no such file or directory"))
+    return files
+
+
+def classify(loaded: Loaded, images: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+    """Top-``top_k`` (class name, probability) of each uint8 image [N, 28, 28], most probable first."""
+    with torch.inference_mode():  # in chunks, so a large directory does not need one huge batch
+        probs = torch.cat([loaded.net(loaded.datamodule.normalize(chunk)) for chunk in images.split(1000)]).softmax(1)
+    values, indices = probs.topk(min(top_k, len(CLASSES)), dim=1)
+    return [[(CLASSES[i], v) for i, v in zip(row_indices, row_values, strict=True)]
+            for row_indices, row_values in zip(indices.tolist(), values.tolist(), strict=True)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("predict", "Classify PNG/JPEG images of clothing with a trained checkpoint.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or directories of them")
+    p.add_argument("--ckpt_path", required=True,
+                   help="a .ckpt file, or best/last: that checkpoint of the newest run in --logs_dir")
+    p.add_argument("--logs_dir", default="lightning_logs", help="where best/last look for the newest run")
+    p.add_argument("--top_k", type=int, default=3, choices=range(1, len(CLASSES) + 1), metavar="{1..10}",
+                   help="how many classes to show per image")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        loaded = load(args.ckpt_path, args.logs_dir)
+        paths, images, failed = [], [], 0
+        for path, problem in expand(args.inputs):
+            try:
+                if problem:
+                    raise ImageReadError(problem)
+                images.append(read_image(path))
+                paths.append(path)
+            except ImageReadError as err:  # report it and go on with the other files
+                print(f"{PROG}: error: {err}", file=sys.stderr)
+                failed += 1
+        results = classify(loaded, torch.stack(images), args.top_k) if images else []
+        if args.json:
+            print(json.dumps([{"path": str(path), "top_k": [{"class": c, "probability": prob} for c, prob in top]}
+                              for path, top in zip(paths, results, strict=True)], indent=2))
+        else:
+            for path, top in zip(paths, results, strict=True):
+                print(f"{path}: " + ", ".join(f"{c} {100 * prob:.1f}%" for c, prob in top))
+        return 1 if failed else 0
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Learning curves of a run next to the notebook's: ``python -m fashion_cnn.report [--run lightning_logs/version_N]``.
+
+Reads the run's per-epoch ``test/loss`` and ``test/acc`` from its TensorBoard event files and draws them with the
+numbers the original notebook printed, into ``docs/learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fashion_cnn.checkpoints import newest_run
+from fashion_cnn.commands import CommandError, parser, run
+from fashion_cnn.figures import learning_curves_figure, save
+
+PROG = "python -m fashion_cnn.report"
+EVENTS = "events.out.tfevents.*"
+
+# The original notebook's output, as printed by it: (epoch, test loss, test accuracy %). Its log is cut off at
+# epoch 19, so the table ends at epoch 18. It normalised with MNIST's mean/std (0.1307/0.3081).
+NOTEBOOK = (
+    (1, 0.5917, 77.55), (2, 0.5129, 81.52), (3, 0.4656, 82.85), (4, 0.4242, 84.46), (5, 0.4015, 85.53),
+    (6, 0.3918, 86.09), (7, 0.3887, 86.18), (8, 0.3786, 86.28), (9, 0.3564, 87.09), (10, 0.3504, 87.36),
+    (11, 0.3531, 87.45), (12, 0.3448, 87.60), (13, 0.3369, 88.01), (14, 0.3364, 87.47), (15, 0.3248, 88.40),
+    (16, 0.3200, 88.16), (17, 0.3189, 88.36), (18, 0.3190, 88.48),
+)
+NOTEBOOK_LABEL = "notebook's printed log (epochs 1-18)"
+
+
+def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
+    """(epochs, test losses, test accuracies in 0..1) logged by a run, one point per evaluated epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+
+    if not run_dir.is_dir() or not any(run_dir.glob(EVENTS)):
+        raise CommandError(f"{run_dir}: no TensorBoard event files ({EVENTS}); give --run a lightning_logs/version_N "
+                           f"directory of a training run")
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    if not {"test/acc", "test/loss"} <= tags:
+        raise CommandError(f"{run_dir}: the run logged no test/acc and test/loss; train it with "
+                           f"`python -m fashion_cnn.fit` (it evaluates on the test set every epoch)")
+    # Steps are global steps; the `epoch` scalar logged at the same step says which epoch (0-based) it was.
+    epoch_at = {e.step: int(e.value) + 1 for e in events.Scalars("epoch")} if "epoch" in tags else {}
+    acc, loss = events.Scalars("test/acc"), events.Scalars("test/loss")
+    epochs = [epoch_at.get(e.step, i + 1) for i, e in enumerate(acc)]
+    return epochs, [e.value for e in loss], [e.value for e in acc]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("report", "Draw a run's test loss/accuracy per epoch next to the notebook's logged numbers.")
+    p.add_argument("--run", default=None, help="a run directory (default: the newest version_N in --logs_dir)")
+    p.add_argument("--logs_dir", default="lightning_logs", help="where to look for the newest run")
+    p.add_argument("--out", default="docs/learning_curves.png", help="the PNG to write")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        run_dir = Path(args.run) if args.run else newest_run(args.logs_dir, holding=EVENTS)
+        epochs, loss, acc = logged_test_curves(run_dir)
+        best = max(range(len(acc)), key=acc.__getitem__)
+        fig = learning_curves_figure(
+            epochs, loss, acc, f"this run ({run_dir.name})", NOTEBOOK, NOTEBOOK_LABEL,
+            f"FashionMNIST seed CNN: test set after every epoch ({run_dir.name}, {len(epochs)} epochs)")
+        try:
+            out = save(fig, args.out)
+        except OSError as err:
+            raise CommandError(f"cannot write {args.out} ({err.strerror or err}); choose another --out") from None
+        print(f"{run_dir}: {len(epochs)} epochs, best test accuracy {100 * acc[best]:.2f}% at epoch {epochs[best]}, "
+              f"last {100 * acc[-1]:.2f}% (loss {loss[-1]:.4f}); notebook at epoch {NOTEBOOK[-1][0]}: "
+              f"{NOTEBOOK[-1][2]:.2f}% (loss {NOTEBOOK[-1][1]:.4f})")
+        print(f"wrote {out}")
+        return 0
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

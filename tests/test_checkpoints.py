@@ -1,0 +1,96 @@
+"""Finding and loading checkpoints (the one place evaluate/predict/export get a model from), and what each of
+those commands says about a checkpoint it cannot use: one line, exit status 1, nothing run from the file."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from fashion_cnn import evaluate, export, predict
+from fashion_cnn.checkpoints import CheckpointError, load, resolve, run_dir_of
+from tests.conftest import best_checkpoint
+
+COMMANDS = {"evaluate": evaluate.main, "predict": predict.main, "export": export.main}
+
+
+class _MakesAFile:
+    """Unpickling this creates a file: what a hostile checkpoint could do (or anything worse)."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def run_command(name: str, ckpt: str, tmp_path: pathlib.Path) -> int:
+    image = tmp_path / "image.png"
+    Image.new("L", (28, 28)).save(image)
+    extra = {"evaluate": ["--out_dir", str(tmp_path / "out")], "predict": [str(image)],
+             "export": ["--out_dir", str(tmp_path / "out")]}[name]
+    return COMMANDS[name](["--ckpt_path", ckpt, "--logs_dir", str(tmp_path / "logs"), *extra])
+
+
+def assert_one_line_error(capsys, command: str, *words: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m fashion_cnn.{command}: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and all(w in err for w in words), err
+
+
+def test_best_and_last_are_those_of_the_newest_run_with_checkpoints(trained_run, tmp_path):
+    logs = tmp_path / "logs"
+    shutil.copytree(trained_run, logs / "version_2")
+    (logs / "version_10").mkdir()  # newer, but died before its first checkpoint
+    (logs / "version_1" / "checkpoints").mkdir(parents=True)
+    (logs / "version_1" / "checkpoints" / "last.ckpt").write_bytes(b"an older run")
+    assert resolve("last", logs) == logs / "version_2" / "checkpoints" / "last.ckpt"
+    assert resolve("best", logs) == best_checkpoint(logs / "version_2")
+    assert run_dir_of(resolve("best", logs)) == logs / "version_2"
+    loaded = load("best", logs)
+    assert loaded.run_dir == logs / "version_2" and not loaded.net.training
+    assert (loaded.mean, loaded.std) == (0.2860, 0.3530)
+    with pytest.raises(CheckpointError, match="no run in"):
+        resolve("best", tmp_path / "empty")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_missing_checkpoint(command, tmp_path, capsys):
+    assert run_command(command, str(tmp_path / "nope.ckpt"), tmp_path) == 1
+    assert_one_line_error(capsys, command, "nope.ckpt does not exist")
+    assert run_command(command, "best", tmp_path) == 1
+    assert_one_line_error(capsys, command, "no run in", "make train")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_truncated_checkpoint(command, trained_run, tmp_path, capsys):
+    whole = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert run_command(command, str(cut), tmp_path) == 1
+    assert_one_line_error(capsys, command, "cut.ckpt is truncated or not a PyTorch checkpoint", "copy it again")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_checkpoint_whose_pickle_would_run_code_is_refused_unopened(command, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": _MakesAFile(marker)}, hostile)
+    torch.load(hostile, weights_only=False)  # proof that the file is hostile: an unrestricted load runs it
+    assert marker.exists()
+    os.remove(marker)
+    assert run_command(command, str(hostile), tmp_path) == 1
+    assert_one_line_error(capsys, command, "would run code", "was not loaded")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_something_else(tmp_path, capsys):
+    other = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2)}, other)
+    assert run_command("evaluate", str(other), tmp_path) == 1
+    assert_one_line_error(capsys, "evaluate", "not a fashion_cnn.fit checkpoint", "state_dict")

@@ -1,0 +1,41 @@
+"""``python -m fashion_cnn.evaluate``: the same numbers as the training run's final test, and its outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from fashion_cnn import CLASSES, evaluate
+from tests.conftest import FIXTURE, best_checkpoint
+from tests.test_fit import scalars
+
+
+def test_best_checkpoint_gives_the_runs_final_test_numbers(trained_run, tmp_path, capsys):
+    assert evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path)]) == 0
+    logged = scalars(trained_run)
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["test_acc"] == pytest.approx(logged["final/test_acc"][0], abs=1e-6)
+    assert result["test_loss"] == pytest.approx(logged["final/test_loss"][0], abs=1e-6)
+    assert result["num_images"] == 256 and list(result["per_class"]) == list(CLASSES)
+    assert sum(map(sum, result["confusion_matrix"])) == 256
+    out = capsys.readouterr().out
+    assert f"test accuracy: {100 * result['test_acc']:.2f}%" in out and f"{result['test_loss']:.4f}" in out
+    assert all(name in out for name in CLASSES) and "precision" in out and "most confused" in out
+    for picture in ("confusion_matrix.png", "mistakes.png"):
+        with Image.open(tmp_path / picture) as image:
+            assert image.width >= 600
+
+
+def test_best_of_the_newest_run_writes_into_the_run_directory(trained_run, capsys):
+    code = evaluate.main(["--ckpt_path", "best", "--logs_dir", str(trained_run.parent), "--data_dir", str(FIXTURE)])
+    assert code == 0 and str(best_checkpoint(trained_run)) in capsys.readouterr().out
+    assert {"metrics.json", "confusion_matrix.png", "mistakes.png"} <= {p.name for p in trained_run.iterdir()}
+
+
+def test_missing_data_is_one_line(trained_run, tmp_path, capsys, no_other_copies):
+    code = evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--data_dir", str(tmp_path / "no"),
+                          "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "error: FashionMNIST not found" in err

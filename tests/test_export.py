@@ -1,0 +1,65 @@
+"""``python -m fashion_cnn.export``: TorchScript and ONNX files that give the checkpoint's logits for any batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fashion_cnn import CLASSES, export
+from fashion_cnn.checkpoints import load
+from fashion_cnn.data_files import load_split
+from tests.conftest import FIXTURE, best_checkpoint
+
+BATCHES = (1, 7)
+
+
+@pytest.fixture(scope="module")
+def inputs_and_logits(trained_run):
+    """Normalised fixture images in batches of 1 and 7, and the checkpoint's PyTorch logits for them."""
+    loaded = load(best_checkpoint(trained_run))
+    images = loaded.datamodule.normalize(load_split(FIXTURE, "test", verify=False)[0][: sum(BATCHES)])
+    batches = list(images.split(BATCHES))
+    with torch.inference_mode():
+        return [(batch, loaded.net(batch)) for batch in batches]
+
+
+def run_export(trained_run, out_dir, formats: str) -> int:
+    return export.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(out_dir),
+                        "--formats", formats])
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")  # still what LibTorch loads
+def test_torchscript_matches_pytorch(trained_run, inputs_and_logits, tmp_path):
+    assert run_export(trained_run, tmp_path, "torchscript") == 0
+    stem = best_checkpoint(trained_run).stem
+    scripted = torch.jit.load(str(tmp_path / f"{stem}.torchscript.pt"))
+    for batch, expected in inputs_and_logits:
+        got = scripted(batch)
+        assert got.shape == (len(batch), len(CLASSES)) and torch.allclose(got, expected, atol=1e-5, rtol=0)
+    meta = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert meta["classes"] == list(CLASSES) and (meta["mean"], meta["std"]) == (0.2860, 0.3530)
+    assert meta["files"] == [f"{stem}.torchscript.pt"] and not (tmp_path / f"{stem}.onnx").exists()
+
+
+def test_onnx_matches_pytorch(trained_run, inputs_and_logits, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    assert run_export(trained_run, tmp_path, "onnx") == 0
+    session = ort.InferenceSession(str(tmp_path / f"{best_checkpoint(trained_run).stem}.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_outputs()[0].name == "logits"
+    for batch, expected in inputs_and_logits:
+        (got,) = session.run(None, {"images": batch.numpy()})
+        assert got.shape == (len(batch), len(CLASSES))
+        assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("formats", ["tflite", "", ",", "onnx,coreml"])
+def test_bad_formats_are_a_usage_error(trained_run, tmp_path, capsys, formats):
+    with pytest.raises(SystemExit) as exit_info:
+        run_export(trained_run, tmp_path / "out", formats)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("python -m fashion_cnn.export: error: argument --formats")
+    assert "choose from torchscript,onnx" in err and "Traceback" not in err and not (tmp_path / "out").exists()

@@ -1,0 +1,40 @@
+"""``python -m fashion_cnn.report``: a run's learning curves next to the notebook's logged numbers."""
+
+from __future__ import annotations
+
+import shutil
+
+from PIL import Image
+
+from fashion_cnn import report
+from tests.conftest import TRAINED_EPOCHS
+from tests.test_fit import scalars
+
+
+def test_curves_are_the_runs_logged_test_numbers(trained_run):
+    epochs, loss, acc = report.logged_test_curves(trained_run)
+    logged = scalars(trained_run)
+    assert epochs == list(range(1, TRAINED_EPOCHS + 1)) and acc == logged["test/acc"] and loss == logged["test/loss"]
+
+
+def test_newest_run_is_drawn_to_the_png(trained_run, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    shutil.copytree(trained_run, logs / "version_3")
+    (logs / "version_4").mkdir()  # newer but empty: a run that never logged
+    out = tmp_path / "docs" / "curves.png"
+    assert report.main(["--logs_dir", str(logs), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width > image.height >= 400
+    printed = capsys.readouterr().out
+    assert "version_3: 3 epochs" in printed and "notebook at epoch 18: 88.48%" in printed
+
+
+def test_notebook_reference_is_its_printed_table():
+    assert [e for e, _, _ in report.NOTEBOOK] == list(range(1, 19))
+    assert report.NOTEBOOK[0] == (1, 0.5917, 77.55) and report.NOTEBOOK[-1] == (18, 0.3190, 88.48)
+
+
+def test_a_directory_without_a_run_is_one_line(tmp_path, capsys):
+    assert report.main(["--run", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no TensorBoard event files" in err and not (tmp_path / "x.png").exists()
