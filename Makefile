@@ -11,7 +11,7 @@ RUN      ?=
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test test-slow tensorboard report lint clean
+.PHONY: help setup data train test test-slow tensorboard report bench bench-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,13 @@ tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
 
 report: setup ## Draw a run's learning curves next to the notebook's into docs/learning_curves.png (RUN=newest)
 	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN))
+
+bench: data ## Seconds per epoch side by side: the notebook's loop, the bare floor, the project (ratios, JSON)
+	$(PY) benchmarks/bench.py $(ARGS)
+
+bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the fast config
+	$(PY) benchmarks/bench.py --time-to 0.885 --variants notebook,project --config fast --epochs 40 \
+	  --json benchmarks/results/bench_fast.json $(ARGS)
 
 lint: setup ## Check the code with ruff
 	$(VENV)/bin/ruff check .

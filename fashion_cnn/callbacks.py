@@ -33,6 +33,12 @@ class EpochSummary(L.Callback):
         bar = trainer.progress_bar_callback
         bar.print(line) if bar is not None and hasattr(bar, "print") else print(line, flush=True)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Write the epoch's metrics to disk before the epoch's checkpoint (saved after this hook): a run killed
+        # later and resumed from that checkpoint then loses none of the metrics it already showed.
+        for logger in trainer.loggers:
+            logger.save()
+
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     """The trainer's TensorBoardLogger, if it has one (pictures and the hparams tab need TensorBoard)."""

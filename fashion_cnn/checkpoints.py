@@ -1,11 +1,13 @@
-"""Find and load a trained checkpoint: the one place evaluate, predict and export get a model from.
+"""Find, load and save checkpoints: the one place fit, evaluate, predict and export get a model from.
 
 ``best`` and ``last`` name the checkpoints of the newest ``lightning_logs/version_N`` run; anything else is a path.
 Loading always uses ``weights_only=True``, so a checkpoint whose pickle would run code is refused, never executed.
+Saving (:class:`AtomicCheckpointIO`) writes beside the target and renames, so a checkpoint is never half-written.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
@@ -125,3 +128,26 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
                               f"version of fashion_cnn: use the code version that wrote it") from None
     # `net` is the plain network: `module.forward` may be torch.compile'd, which evaluation does not need.
     return Loaded(path=path, net=module.net.eval(), datamodule=datamodule)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves a checkpoint to a temporary file in the same directory, syncs it, then renames it over the target.
+
+    A kill or crash during a save leaves the previous checkpoint whole. (Lightning's own save stages the file in
+    the system's temporary directory, which may be another filesystem, where the final move is a copy.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):  # remote storage: Lightning's fsspec path
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)

@@ -107,8 +107,11 @@ def _read_bytes(path: Path) -> bytearray:
             raw.seek(-4, os.SEEK_END)
             size = int.from_bytes(raw.read(4), "little")  # gzip's trailer: the decompressed size (mod 2**32)
         buffer = bytearray(size)
+        view, filled = memoryview(buffer), 0
         with gzip.open(path, "rb") as f:
-            if f.readinto(buffer) != size or f.read(1):
+            while filled < size and (n := f.readinto(view[filled : filled + (1 << 20)])):  # 1 MB at a time
+                filled += n
+            if filled != size or f.read(1):
                 raise OSError("its size does not match the gzip trailer")
         return buffer
     except (OSError, EOFError, gzip.BadGzipFile) as err:

@@ -94,3 +94,17 @@ def test_a_checkpoint_of_something_else(tmp_path, capsys):
     torch.save({"conv.weight": torch.zeros(2)}, other)
     assert run_command("evaluate", str(other), tmp_path) == 1
     assert_one_line_error(capsys, "evaluate", "not a fashion_cnn.fit checkpoint", "state_dict")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
+    from fashion_cnn.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception, match=r"lambda|pickle"):  # fails while writing: a lambda cannot be pickled
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "oops": lambda: 0}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no partial file left behind
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))

@@ -70,4 +70,4 @@ def test_the_seed_config_turns_them_on():
     assert "fashion_cnn.callbacks.EpochSummary" in paths and "fashion_cnn.callbacks.HParamsSummary" in paths
     assert "lightning.pytorch.callbacks.LearningRateMonitor" in paths
     pictures = next(c for c in callbacks if c["class_path"] == "fashion_cnn.callbacks.PredictionPictures")
-    assert pictures["init_args"]["every_n_epochs"] == 5
+    assert pictures["init_args"]["every_n_epochs"] == 10
