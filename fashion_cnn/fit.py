@@ -65,11 +65,14 @@ class FashionCLI(LightningCLI):
         logger = self.config.trainer.logger
         log_root = Path(logger.init_args.save_dir) / logger.init_args.name if _is_tensorboard(logger) else None
         path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs")
-        checkpoints.read(path)
+        step = checkpoints.read(path)["global_step"]
         self.config.ckpt_path = str(path)
         run = checkpoints.run_dir_of(path)
         if log_root is not None and run.parent.resolve() == log_root.resolve() and run.name.startswith("version_"):
             logger.init_args.version = int(run.name.removeprefix("version_"))
+            # What the interrupted run logged after its checkpoint is logged again on resuming: purge_step hides
+            # those first copies in TensorBoard, so every step and epoch appears once.
+            logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
             self.save_config_kwargs["overwrite"] = True  # config.yaml of that run: same experiment, resumed
 
     def instantiate_trainer(self, **kwargs):

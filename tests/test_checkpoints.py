@@ -108,3 +108,17 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no partial file left behind
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
+def test_resuming_training_from_a_hostile_checkpoint_runs_nothing(tmp_path, capsys, monkeypatch):
+    from fashion_cnn import fit
+    from tests.test_fit import SMALL
+
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": _MakesAFile(marker)}, hostile)
+    monkeypatch.chdir(tmp_path)
+    assert fit.main([*SMALL, "--ckpt_path", str(hostile)]) == 1
+    err = capsys.readouterr().err
+    assert "would run code" in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "lightning_logs").exists()
