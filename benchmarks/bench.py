@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def notebook_worker(epochs: int, target: float | None) -> None:
+def notebook_worker(epochs: int, target: float | None, data_dir: str) -> None:
     """The notebook's cells, as written there (only the data path and the prints differ)."""
     import torch
     import torch.nn as nn
@@ -38,14 +38,14 @@ def notebook_worker(epochs: int, target: float | None) -> None:
     import torch.optim as optim
     from torchvision import datasets, transforms
 
-    from fashion_cnn.data_files import SPLITS, file_name, find
+    from fashion_cnn.data_files import SPLITS, file_name, locate
 
     torch.manual_seed(0)
     # torchvision's class reads decompressed files from root/FashionMNIST/raw; give it the real ones.
     root = Path(tempfile.mkdtemp(prefix="bench-notebook-"))
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    source = find(None)
+    source = locate(data_dir, allow_download=False)
     for split in SPLITS:
         for kind in ("images", "labels"):
             name = file_name(split, kind)
@@ -100,17 +100,17 @@ def notebook_worker(epochs: int, target: float | None) -> None:
             break
 
 
-def floor_worker(epochs: int, target: float | None, channels_last: bool = False) -> None:
+def floor_worker(epochs: int, target: float | None, data_dir: str, channels_last: bool = False) -> None:
     """The same SGD steps on tensors already in memory: the hardware's floor for this recipe
     (in the notebook's NCHW memory format, or channels-last as the project's seed config uses)."""
     import torch
     import torch.nn.functional as F
 
-    from fashion_cnn.data_files import find, load_split
+    from fashion_cnn.data_files import load_split, locate
     from fashion_cnn.nets import SeedCNN
 
     torch.manual_seed(0)
-    source = find(None)
+    source = locate(data_dir, allow_download=False)
 
     def prepared(split):
         images, labels = load_split(source, split)
@@ -146,7 +146,7 @@ def report(**values: float) -> None:
 EPOCH_LINE = re.compile(r"^\[(\d+)\] .*Test loss [\d.]+, accuracy ([\d.]+)% \(([\d.]+) s\)")
 
 
-def run_variant(name: str, epochs: int, config: str, target: float | None) -> dict:
+def run_variant(name: str, epochs: int, config: str, target: float | None, data_dir: str) -> dict:
     """Run one variant in a fresh process; collect its per-epoch times, accuracies and peak RSS.
 
     Each epoch also records ``wall``: seconds since the process was started (imports and data loading included).
@@ -154,11 +154,11 @@ def run_variant(name: str, epochs: int, config: str, target: float | None) -> di
     if name == "project":
         logs = tempfile.mkdtemp(prefix="bench-logs-")
         cmd = [sys.executable, "-m", "fashion_cnn.fit", "--config", config, "--trainer.enable_progress_bar", "false",
-               "--trainer.logger.init_args.save_dir", logs]
+               "--trainer.logger.init_args.save_dir", logs, "--data.data_dir", data_dir]
         if target is None:  # timing epochs; to reach a target, the config's own schedule decides the length
             cmd += ["--trainer.max_epochs", str(epochs)]
     else:
-        cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs)]
+        cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs), "--data_dir", data_dir]
         if target is not None:
             cmd += ["--time-to", str(target)]
     start = time.perf_counter()
@@ -194,18 +194,19 @@ def main() -> None:
     parser.add_argument("--time-to", type=float, default=None, dest="target",
                         help="instead: train until this test accuracy (e.g. 0.885) and report the time to it")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json")
+    parser.add_argument("--data_dir", default="data", help="as the DataModule's data_dir (default: data)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         workers = {"notebook": notebook_worker, "floor": floor_worker,
-                   "floor_cl": lambda e, t: floor_worker(e, t, channels_last=True)}
-        workers[args.worker](args.epochs, args.target)
+                   "floor_cl": lambda e, t, d: floor_worker(e, t, d, channels_last=True)}
+        workers[args.worker](args.epochs, args.target, str(Path(args.data_dir).resolve()))
         return
 
     results = {}
     for name in args.variants.split(","):
         print(f"running {name} ...", flush=True)
-        results[name] = run_variant(name, args.epochs, args.config, args.target)
+        results[name] = run_variant(name, args.epochs, args.config, args.target, str(Path(args.data_dir).resolve()))
         r = results[name]
         print(f"  {name:<9} {r['seconds_per_epoch']:6.2f} s/epoch   peak RSS {r['peak_rss_gb']:.2f} GB   "
               f"test acc {r['epochs'][-1]['acc']:.4f}", flush=True)

@@ -7,7 +7,7 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from fashion_cnn.data_files import load_split, locate
+from fashion_cnn.data_files import DataError, load_split, locate
 
 
 class TensorImages(Dataset):
@@ -117,8 +117,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         train_images, train_labels = load_split(directory, "train", hp.verify)
         test_images, test_labels = load_split(directory, "test", hp.verify)
         if hp.val_size >= len(train_labels):
-            raise ValueError(f"val_size={hp.val_size} leaves no training images (the training set has "
-                             f"{len(train_labels)}); choose a smaller data.val_size")
+            raise DataError(f"val_size={hp.val_size} leaves no training images (the training set has "
+                            f"{len(train_labels)}); choose a smaller data.val_size")
         device = self._data_device()
         order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(hp.seed))
         val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]

@@ -73,7 +73,7 @@ class FashionCLI(LightningCLI):
             # What the interrupted run logged after its checkpoint is logged again on resuming: purge_step hides
             # those first copies in TensorBoard, so every step and epoch appears once.
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
-            self.save_config_kwargs["overwrite"] = True  # config.yaml of that run: same experiment, resumed
+            self.save_config_callback = None  # keep the run's config.yaml: it reruns the experiment from scratch
 
     def instantiate_trainer(self, **kwargs):
         trainer = self._get(self.config_init, "trainer", default={})
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:
             return 130
-        best = "best" if trainer.checkpoint_callback is not None else None  # else: the final weights
+        checkpoint = trainer.checkpoint_callback  # no best one (no checkpointing, or no epoch evaluated): final weights
+        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     except (DataError, ConfigError, CheckpointError, TrainingDiverged, MisconfigurationException) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
+from fashion_cnn.data_files import DataError
 from fashion_cnn.datamodule import EvalSampler, FashionMNISTDataModule, TensorImages, random_shift_flip
 from tests.conftest import FIXTURE
 
@@ -65,7 +66,7 @@ def test_validation_split_is_seeded_and_disjoint():
 
 def test_val_size_too_large():
     dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, val_size=512)
-    with pytest.raises(ValueError, match="val_size=512 leaves no training images"):
+    with pytest.raises(DataError, match="val_size=512 leaves no training images"):
         dm.setup()
 
 

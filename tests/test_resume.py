@@ -48,10 +48,12 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     saved_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     assert saved_epoch < EPOCHS - 1  # it really was interrupted before the end
 
+    config = (run / "config.yaml").read_bytes()
     resumed = fit(broken, "--ckpt_path", "last")
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     assert not (broken / "lightning_logs" / "version_1").exists()  # the same run continued
+    assert (run / "config.yaml").read_bytes() == config  # still the config that reruns it from the start
 
     want = torch.load(straight / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
