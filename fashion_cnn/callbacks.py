@@ -12,8 +12,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from fashion_cnn import CLASSES
-from fashion_cnn.analysis import confusion_matrix, examples_to_show, per_class_scores, predict
-from fashion_cnn.figures import confusion_matrix_figure, predictions_figure
+from fashion_cnn.analysis import confusion_matrix, per_class_scores, predict
+from fashion_cnn.figures import evaluation_figures
 
 
 class EpochSummary(L.Callback):
@@ -88,12 +88,9 @@ class PredictionPictures(L.Callback):
         recall = per_class_scores(cm)["recall"]
         logger.log_metrics({f"test_class_acc/{name}": float(recall[i]) for i, name in enumerate(CLASSES)}, step)
         title = f"epoch {epoch}: test accuracy {100 * preds.accuracy:.2f}%"
-        logger.experiment.add_figure("test/confusion_matrix", confusion_matrix_figure(
-            cm, CLASSES, f"Test confusion matrix, {title}"), step, close=True)
-        shown = examples_to_show(preds, self.mistakes, self.correct)
-        logger.experiment.add_figure("test/predictions", predictions_figure(
-            test_set.images[shown], preds.labels[shown], preds.predicted[shown], preds.probs[shown].max(dim=1).values,
-            CLASSES, f"Test images, {title}: red = mistake (true class below)"), step, close=True)
+        matrix, grid = evaluation_figures(cm, preds, test_set.images, title, self.mistakes, self.correct)
+        logger.experiment.add_figure("test/confusion_matrix", matrix, step, close=True)
+        logger.experiment.add_figure("test/predictions", grid, step, close=True)
 
 
 class HParamsSummary(L.Callback):

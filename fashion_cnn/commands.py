@@ -42,3 +42,10 @@ def run(prog: str, body: Callable[[], int]) -> int:
     except EXPECTED as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """``--ckpt_path`` and ``--logs_dir``, as every command that reads a checkpoint takes them."""
+    p.add_argument("--ckpt_path", required=True,
+                   help="a .ckpt file, or best/last: that checkpoint of the newest run in --logs_dir")
+    p.add_argument("--logs_dir", default="lightning_logs", help="where best/last look for the newest run")

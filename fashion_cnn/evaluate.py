@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from fashion_cnn import CLASSES
-from fashion_cnn.analysis import Predictions, confusion_matrix, examples_to_show, most_confused, per_class_scores
+from fashion_cnn.analysis import Predictions, confusion_matrix, most_confused, per_class_scores
 from fashion_cnn.analysis import predict as predict_logits
 from fashion_cnn.checkpoints import Loaded, load
-from fashion_cnn.commands import CommandError, parser, run
+from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
 from fashion_cnn.data_files import load_split, locate
-from fashion_cnn.figures import confusion_matrix_figure, predictions_figure, save
+from fashion_cnn.figures import evaluation_figures, save
 
 PROG = "python -m fashion_cnn.evaluate"
 
@@ -77,12 +77,7 @@ def summary(result: dict) -> str:
 def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_dir: Path) -> list[Path]:
     """metrics.json, confusion_matrix.png and mistakes.png in ``out_dir``."""
     title = f"{Path(result['checkpoint']).name}: test accuracy {100 * result['test_acc']:.2f}%"
-    cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
-    shown = examples_to_show(preds)
-    matrix = confusion_matrix_figure(cm, CLASSES, f"Test confusion matrix, {title}")
-    mistakes = predictions_figure(images[shown], preds.labels[shown], preds.predicted[shown],
-                                  preds.probs[shown].max(dim=1).values, CLASSES,
-                                  f"Most confident mistakes (red, true class below) and some correct, {title}")
+    matrix, mistakes = evaluation_figures(torch.tensor(result["confusion_matrix"]), preds, images, title)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -95,9 +90,7 @@ def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_di
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("evaluate", "Evaluate a checkpoint on the FashionMNIST test set.")
-    p.add_argument("--ckpt_path", required=True,
-                   help="a .ckpt file, or best/last: that checkpoint of the newest run in --logs_dir")
-    p.add_argument("--logs_dir", default="lightning_logs", help="where best/last look for the newest run")
+    add_checkpoint_arguments(p)
     p.add_argument("--data_dir", default=None, help="where the dataset is (default: the training run's data_dir)")
     p.add_argument("--out_dir", default=None, help="where to write the results (default: the checkpoint's run dir)")
     args = p.parse_args(argv)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fashion_cnn import CLASSES
 from fashion_cnn.checkpoints import Loaded, load
-from fashion_cnn.commands import CommandError, parser, run
+from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
 
 PROG = "python -m fashion_cnn.export"
 FORMATS = ("torchscript", "onnx")
@@ -93,9 +93,7 @@ def parse_formats(value: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("export", "Export a checkpoint's network as TorchScript and/or ONNX.")
-    p.add_argument("--ckpt_path", required=True,
-                   help="a .ckpt file, or best/last: that checkpoint of the newest run in --logs_dir")
-    p.add_argument("--logs_dir", default="lightning_logs", help="where best/last look for the newest run")
+    add_checkpoint_arguments(p)
     p.add_argument("--out_dir", default=None, help="where to write (default: export/ in the checkpoint's run dir)")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {','.join(FORMATS)}")
     args = p.parse_args(argv)

@@ -14,6 +14,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fashion_cnn import CLASSES
+from fashion_cnn.analysis import Predictions, examples_to_show
+
 WRONG, RIGHT = "#c62828", "#2e7d32"  # red / green titles: mistakes stand out at a glance
 
 
@@ -102,3 +105,15 @@ def learning_curves_figure(epochs: Sequence[int], loss: Sequence[float], acc: Se
         ax.legend(fontsize=8)
     fig.suptitle(title or "Learning curves")
     return fig
+
+
+def evaluation_figures(cm: torch.Tensor, preds: Predictions, images: torch.Tensor, title: str, mistakes: int = 24,
+                     correct: int = 8) -> tuple[Figure, Figure]:
+    """The two pictures of a test-set evaluation (training's TensorBoard images and evaluate's PNGs): the confusion
+    matrix, and the most confident mistakes next to a few correct images."""
+    shown = examples_to_show(preds, mistakes, correct)
+    matrix = confusion_matrix_figure(cm, CLASSES, f"Test confusion matrix, {title}")
+    grid = predictions_figure(images[shown], preds.labels[shown], preds.predicted[shown],
+                              preds.probs[shown].max(dim=1).values, CLASSES,
+                              f"Most confident mistakes (red, true class below) and some correct, {title}")
+    return matrix, grid

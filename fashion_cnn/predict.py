@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashion_cnn import CLASSES
 from fashion_cnn.checkpoints import Loaded, load
-from fashion_cnn.commands import parser, run
+from fashion_cnn.commands import add_checkpoint_arguments, parser, run
 
 PROG = "python -m fashion_cnn.predict"
 SIZE = 28
@@ -105,9 +105,7 @@ def classify(loaded: Loaded, images: torch.Tensor, top_k: int) -> list[list[tupl
 def main(argv: list[str] | None = None) -> int:
     p = parser("predict", "Classify PNG/JPEG images of clothing with a trained checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or directories of them")
-    p.add_argument("--ckpt_path", required=True,
-                   help="a .ckpt file, or best/last: that checkpoint of the newest run in --logs_dir")
-    p.add_argument("--logs_dir", default="lightning_logs", help="where best/last look for the newest run")
+    add_checkpoint_arguments(p)
     p.add_argument("--top_k", type=int, default=3, choices=range(1, len(CLASSES) + 1), metavar="{1..10}",
                    help="how many classes to show per image")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
