@@ -77,19 +77,30 @@ def test_eval_sampler_shards_cover_the_set_exactly_once(world):
     assert sorted(i for s in shards for i in s) == list(range(256))
 
 
-def test_augmentation_is_a_shift_or_flip_of_each_image():
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_augmentation_is_a_shift_or_flip_of_each_image(pad):
     torch.manual_seed(0)
     images = torch.rand(32, 1, 28, 28)
-    out = random_shift_flip(images, pad=2)
+    out = random_shift_flip(images, pad=pad)
     assert out.shape == images.shape
-    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
-    candidates = [padded[..., dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
-    candidates += [c.flip(-1) for c in candidates]  # flipping the padded image then cropping
-    flipped = padded.flip(-1)
-    candidates += [flipped[..., dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    shifts = range(2 * pad + 1)
+    crops = [padded[..., dy : dy + 28, dx : dx + 28] for dy in shifts for dx in shifts]
+    candidates = crops + [c.flip(-1) for c in crops]  # shifted by at most pad pixels, mirrored or not
     for i in range(32):
         assert any(torch.equal(out[i], c[i]) for c in candidates)
     assert not torch.equal(out, images)
+
+
+def test_max_shift_sets_how_far_training_images_move(small_dm):
+    images = small_dm.test_set.images[:64]
+    plain = small_dm.normalize(images)
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True, max_shift=0)
+    torch.manual_seed(0)
+    out = dm.normalize(images, augment=True)  # max_shift=0: mirror images only
+    mirrored = torch.tensor([torch.allclose(o, p.flip(-1), atol=1e-5) for o, p in zip(out, plain, strict=True)])
+    same = torch.tensor([torch.allclose(o, p, atol=1e-5) for o, p in zip(out, plain, strict=True)])
+    assert (mirrored | same).all() and mirrored.any() and same.any()
 
 
 def test_augmentation_only_while_training(small_dm):
