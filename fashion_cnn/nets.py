@@ -47,24 +47,27 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 class StrongCNN(nn.Module):
     """A small VGG-style CNN with BatchNorm: three stages of two 3x3 conv-BN-ReLU blocks (28x28, 14x14, 7x7)
-    with max-pooling between them, global average pooling, dropout and a linear classifier.
+    with max-pooling between them, average pooling to ``pool`` x ``pool``, dropout and a linear classifier.
 
     Args:
         num_classes: output classes.
         widths: channels of the three stages.
         dropout: dropout before the classifier.
+        pool: the 7x7 feature map is average-pooled to ``pool`` x ``pool`` for the classifier: 1 is global
+            average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
     """
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.2):
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.2,
+                 pool: int = 1):
         super().__init__()
         c1, c2, c3 = widths
         self.features = nn.Sequential(
             conv_bn_relu(1, c1), conv_bn_relu(c1, c1), nn.MaxPool2d(2),
             conv_bn_relu(c1, c2), conv_bn_relu(c2, c2), nn.MaxPool2d(2),
             conv_bn_relu(c2, c3), conv_bn_relu(c3, c3),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
         )
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * pool * pool, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

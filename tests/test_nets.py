@@ -1,10 +1,10 @@
-"""The seed network is the notebook's CNN, minus its quirks."""
+"""The seed network is the notebook's CNN, minus its quirks; the strong network's options do what they say."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_cnn.nets import SeedCNN
+from fashion_cnn.nets import SeedCNN, StrongCNN
 
 
 def notebook_forward(net: SeedCNN, x: torch.Tensor) -> torch.Tensor:
@@ -45,3 +45,21 @@ def test_dropout_is_plain_elementwise_dropout_after_fc1():
     out = dropouts[0](torch.ones(64, 50))
     zeros = (out == 0).float()
     assert 0.4 < zeros.mean() < 0.6 and (zeros.sum(dim=1) < 50).all()
+
+
+def test_strong_net_shapes_and_classifier_inputs():
+    for pool, features in ((1, 128), (3, 128 * 9), (7, 128 * 49)):
+        net = StrongCNN(widths=(16, 64, 128), pool=pool).eval()
+        assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        assert net.classifier[-1].in_features == features
+
+
+
+def test_strong_net_pool_7_hands_the_classifier_every_position():
+    torch.manual_seed(0)
+    net = StrongCNN(widths=(16, 64, 128), pool=7).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        stages = net.features[:-2](x)  # the last stage's map, before pooling and flattening
+        assert stages.shape == (2, 128, 7, 7)
+        torch.testing.assert_close(net.features(x), stages.flatten(1))  # 7x7 pooling of a 7x7 map: every cell kept
