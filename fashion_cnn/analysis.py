@@ -39,7 +39,7 @@ class Predictions:
 
 
 def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-            normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 1000) -> Predictions:
+            normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 250) -> Predictions:
     """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients."""
     device = next(net.parameters()).device
     was_training = net.training

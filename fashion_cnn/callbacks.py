@@ -83,7 +83,8 @@ class PredictionPictures(L.Callback):
         epoch, step = trainer.current_epoch + 1, trainer.global_step
         self._logged_step = step
         net = getattr(pl_module, "net", pl_module)  # the plain network: a torch.compile'd forward would recompile
-        preds = predict(net, test_set.images, test_set.labels, trainer.datamodule.normalize)
+        dm = trainer.datamodule
+        preds = predict(net, test_set.images, test_set.labels, dm.normalize, batch_size=dm.hparams.eval_batch_size)
         cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
         recall = per_class_scores(cm)["recall"]
         logger.log_metrics({f"test_class_acc/{name}": float(recall[i]) for i, name in enumerate(CLASSES)}, step)
