@@ -1,4 +1,5 @@
-"""What the ``evaluate``/``predict``/``export``/``report`` commands share: one-line errors and exit statuses.
+"""What the ``evaluate``/``predict``/``export``/``report`` commands share: one-line errors and exit statuses (and,
+with ``fit``, the hiding of a library warning no user can act on).
 
 Exit statuses: 0 success, 1 a problem with the inputs (checkpoint, data, images, run), 2 a usage error.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 
 from fashion_cnn.checkpoints import CheckpointError
@@ -35,8 +37,15 @@ def parser(module: str, description: str) -> OneLineParser:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
+def hide_library_noise() -> None:
+    """Hide a warning Lightning 2.6 raises about its own use of a torch API (on every fit and test): nothing a user
+    of this project can act on, and it would be printed above every run's output."""
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`isinstance\(treespec, LeafSpec\)`")
+
+
 def run(prog: str, body: Callable[[], int]) -> int:
     """Call ``body``; report the project's errors as ``prog: error: ...`` on one line with exit status 1."""
+    hide_library_noise()
     try:
         return body()
     except EXPECTED as err:

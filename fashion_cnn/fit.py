@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fashion_cnn import checkpoints
 from fashion_cnn.checkpoints import CheckpointError
+from fashion_cnn.commands import hide_library_noise
 from fashion_cnn.data_files import DataError
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier, TrainingDiverged
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
     # argv is sys.argv with shipped config names resolved; Lightning would warn that both are given.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    hide_library_noise()
     try:
         cli = FashionCLI(
             FashionClassifier,
