@@ -5,7 +5,9 @@
 
 Each variant runs in its own process on the same real data (batch 64, the seed CNN, SGD 0.01/0.5), so its peak
 RSS is its own. An epoch is 60,000 training images plus the 10,000-image test; the figure reported is the median
-of the epochs after the first (warm-up). Machines are shared and noisy: compare the ratios, not the seconds.
+of the epochs after the first (warm-up). The variants take turns: all start and load, then run epoch 1 one after
+another, then epoch 2, and so on, one process at a time, so a burst of other work on a shared machine slows all of
+them alike rather than whichever ran then. Even so, compare the ratios, not the seconds.
 
 - notebook: the notebook's code (torchvision's FashionMNIST class, per-image ToTensor + Normalize, DataLoader).
 - floor:    the same SGD steps on normalised tensors already in memory; no framework, no logging.
@@ -80,6 +82,7 @@ def notebook_worker(epochs: int, target: float | None, data_dir: str) -> None:
     optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
+        wait_for_turn()
         t0 = time.perf_counter()
         model.train()
         for batch_idx, (data, target_) in enumerate(train_loader):
@@ -123,6 +126,7 @@ def floor_worker(epochs: int, target: float | None, data_dir: str, channels_last
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
+        wait_for_turn()
         t0 = time.perf_counter()
         model.train()
         for idx in torch.randperm(len(y)).split(64):
@@ -144,46 +148,120 @@ def report(**values: float) -> None:
 
 
 EPOCH_LINE = re.compile(r"^\[(\d+)\] .*Test loss [\d.]+, accuracy ([\d.]+)% \(([\d.]+) s\)")
+READY = "BENCH-READY"
 
 
-def run_variant(name: str, epochs: int, config: str, target: float | None, data_dir: str) -> dict:
-    """Run one variant in a fresh process; collect its per-epoch times, accuracies and peak RSS.
+def wait_for_turn() -> None:
+    """With turns on (``BENCH_TURNS=1``): tell the benchmark this process is ready for its next epoch, then block
+    until it says go. Without turns, return at once."""
+    if os.environ.get("BENCH_TURNS") != "1":
+        return
+    print(READY, flush=True)
+    if not sys.stdin.readline():
+        raise SystemExit("the benchmark went away")
 
-    Each epoch also records ``wall``: seconds since the process was started (imports and data loading included).
-    """
+
+def command(name: str, epochs: int, config: str, target: float | None, data_dir: str, turns: bool) -> list[str]:
+    """The command line that runs one variant in a fresh process."""
     if name == "project":
         logs = tempfile.mkdtemp(prefix="bench-logs-")
         cmd = [sys.executable, "-m", "fashion_cnn.fit", "--config", config, "--trainer.enable_progress_bar", "false",
                "--trainer.logger.init_args.save_dir", logs, "--data.data_dir", data_dir]
         if target is None:  # timing epochs; to reach a target, the config's own schedule decides the length
             cmd += ["--trainer.max_epochs", str(epochs)]
-    else:
-        cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs), "--data_dir", data_dir]
+        if turns:
+            cmd += ["--trainer.callbacks+=benchmarks.turns.TakeTurns"]
+        return cmd
+    cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs), "--data_dir", data_dir]
+    return cmd + (["--time-to", str(target)] if target is not None else [])
+
+
+class Variant:
+    """One variant's process: its output, its epochs and, once it has ended, its peak RSS.
+
+    With ``turns`` the process waits before each epoch until :meth:`run_epoch` lets it go, and an epoch's
+    ``seconds`` are timed here, from go until the process is ready for the next epoch (or has printed its last).
+    Without, the process runs straight through and ``seconds`` are what it reports. Each epoch also records
+    ``wall``: seconds since the process was started (imports and data loading included).
+    """
+
+    def __init__(self, name: str, cmd: list[str], turns: bool) -> None:
+        self.name, self.turns, self.lines, self.epochs = name, turns, [], []
+        env = os.environ | {"BENCH_TURNS": "1" if turns else "0"}
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE if turns else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.alive = True
+
+    def read(self, go: float | None = None) -> None:
+        """Read output until the process is ready for its next turn or has ended, recording its epochs."""
+        for line in self.proc.stdout:
+            now = time.perf_counter()
+            if line.strip() == READY:
+                if go is not None and self.epochs:
+                    self.epochs[-1]["seconds"] = now - go
+                return
+            self.lines.append(line)
+            if line.startswith("BENCH "):
+                epoch = json.loads(line[6:])
+            elif match := EPOCH_LINE.search(line):
+                epoch = {"epoch": int(match.group(1)), "acc": float(match.group(2)) / 100,
+                         "seconds": float(match.group(3))}
+            else:
+                continue
+            self.epochs.append(epoch | {"wall": now - self.start} | ({"seconds": now - go} if go else {}))
+        self.alive = False
+
+    def run_epoch(self) -> None:
+        """Let the waiting process run one epoch; return when it waits again (or has ended)."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self.read(go=time.perf_counter())
+
+    def result(self, target: float | None) -> dict:
+        """Wait for the process to end; its per-epoch times and accuracies, and its peak RSS."""
+        if self.turns:
+            self.proc.stdin.close()
+        self.read()
+        _, _, usage = os.wait4(self.proc.pid, 0)
+        if not self.epochs:
+            sys.exit(f"{self.name} produced no epochs:\n{''.join(self.lines[-20:])}")
+        timed = [e["seconds"] for e in self.epochs[1:]] or [self.epochs[0]["seconds"]]
+        result = {"seconds_per_epoch": statistics.median(timed), "peak_rss_gb": usage.ru_maxrss / 2**20,
+                  "epochs": self.epochs, "wall_seconds": time.perf_counter() - self.start}
         if target is not None:
-            cmd += ["--time-to", str(target)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, epochs_seen = [], []
-    for line in proc.stdout:
-        lines.append(line)
-        wall = time.perf_counter() - start
-        if line.startswith("BENCH "):
-            epochs_seen.append({**json.loads(line[6:]), "wall": wall})
-        elif match := EPOCH_LINE.search(line):
-            epochs_seen.append({"epoch": int(match.group(1)), "acc": float(match.group(2)) / 100,
-                                "seconds": float(match.group(3)), "wall": wall})
-    _, _, usage = os.wait4(proc.pid, 0)
-    if not epochs_seen:
-        sys.exit(f"{name} produced no epochs:\n{''.join(lines[-20:])}")
-    timed = [e["seconds"] for e in epochs_seen[1:]] or [epochs_seen[0]["seconds"]]
-    result = {"seconds_per_epoch": statistics.median(timed), "peak_rss_gb": usage.ru_maxrss / 2**20,
-              "epochs": epochs_seen, "wall_seconds": time.perf_counter() - start}
-    if target is not None:
-        reached = next((e for e in epochs_seen if e["acc"] >= target), None)
-        result["epochs_to_target"] = reached and reached["epoch"]
-        result["wall_to_target"] = reached and reached["wall"]
-        result["epoch_seconds_to_target"] = reached and sum(e["seconds"] for e in epochs_seen[: reached["epoch"]])
-    return result
+            reached = next((e for e in self.epochs if e["acc"] >= target), None)
+            result["epochs_to_target"] = reached and reached["epoch"]
+            result["wall_to_target"] = reached and reached["wall"]
+            result["epoch_seconds_to_target"] = reached and sum(e["seconds"] for e in self.epochs[: reached["epoch"]])
+        return result
+
+
+def run_in_turns(names: list[str], epochs: int, config: str, data_dir: str) -> dict[str, dict]:
+    """Start every variant, let each load, then run their epochs in rotation, one process at a time."""
+    variants = [Variant(name, command(name, epochs, config, None, data_dir, turns=True), turns=True)
+                for name in names]
+    for variant in variants:  # imports and data loading, all at once: none of it is timed
+        variant.read()
+    for epoch in range(1, epochs + 1):
+        print(f"epoch {epoch}:", end="", flush=True)
+        for variant in variants:
+            if variant.alive:
+                variant.run_epoch()
+                last = variant.epochs[-1] if variant.epochs else {"seconds": float("nan")}
+                print(f"  {variant.name} {last['seconds']:.2f} s", end="", flush=True)
+        print()
+    return {variant.name: variant.result(None) for variant in variants}
+
+
+def run_one_by_one(names: list[str], epochs: int, config: str, target: float, data_dir: str) -> dict[str, dict]:
+    """Run each variant to the end on its own (time to a target accuracy counts from the process's start)."""
+    results = {}
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        results[name] = Variant(name, command(name, epochs, config, target, data_dir, turns=False),
+                                turns=False).result(target)
+    return results
 
 
 def main() -> None:
@@ -203,11 +281,12 @@ def main() -> None:
         workers[args.worker](args.epochs, args.target, str(Path(args.data_dir).resolve()))
         return
 
-    results = {}
-    for name in args.variants.split(","):
-        print(f"running {name} ...", flush=True)
-        results[name] = run_variant(name, args.epochs, args.config, args.target, str(Path(args.data_dir).resolve()))
-        r = results[name]
+    names, data_dir = args.variants.split(","), str(Path(args.data_dir).resolve())
+    if args.target is None:
+        results = run_in_turns(names, args.epochs, args.config, data_dir)
+    else:
+        results = run_one_by_one(names, args.epochs, args.config, args.target, data_dir)
+    for name, r in results.items():
         print(f"  {name:<9} {r['seconds_per_epoch']:6.2f} s/epoch   peak RSS {r['peak_rss_gb']:.2f} GB   "
               f"test acc {r['epochs'][-1]['acc']:.4f}", flush=True)
     print()
