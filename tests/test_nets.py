@@ -1,5 +1,6 @@
 """The seed network is the notebook's CNN, minus its quirks; the strong network's options do what they say."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,3 +64,9 @@ def test_strong_net_pool_7_hands_the_classifier_every_position():
         stages = net.features[:-2](x)  # the last stage's map, before pooling and flattening
         assert stages.shape == (2, 128, 7, 7)
         torch.testing.assert_close(net.features(x), stages.flatten(1))  # 7x7 pooling of a 7x7 map: every cell kept
+
+
+def test_strong_net_pool_must_fit_the_7x7_map():
+    for pool in (0, 8):
+        with pytest.raises(ValueError, match="pool must be 1..7"):
+            StrongCNN(pool=pool)
