@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
 from torch import nn
+
+# The last feature map is 7x7: it can be pooled to 1x1 .. 7x7 (typed, so a config outside that fails when parsed)
+PoolSize = restricted_number_type("PoolSize", int, [(">=", 1), ("<=", 7)], join="and")
 
 
 class SeedCNN(nn.Module):
@@ -57,11 +61,11 @@ class StrongCNN(nn.Module):
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
     """
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.2,
-                 pool: int = 1):
+    def __init__(self, num_classes: PositiveInt = 10,
+                 widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 128),
+                 dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1):
         super().__init__()
-        if not 1 <= pool <= 7:
-            raise ValueError(f"pool={pool}: the last feature map is 7x7, so pool must be 1..7")
+        pool = PoolSize(pool)  # the same check for Python callers: ValueError outside 1..7
         c1, c2, c3 = widths
         self.features = nn.Sequential(
             conv_bn_relu(1, c1), conv_bn_relu(c1, c1), nn.MaxPool2d(2),
