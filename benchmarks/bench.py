@@ -1,13 +1,14 @@
 """Seconds per epoch, side by side, in one run: the notebook's loop, the bare floor, and the project's entry point.
 
-    python benchmarks/bench.py [--epochs 4] [--json benchmarks/results/bench.json]
+    python benchmarks/bench.py [--epochs 6] [--json benchmarks/results/bench.json]
     python benchmarks/bench.py --time-to 0.885 --config fast   # wall time to reach a test accuracy
 
 Each variant runs in its own process on the same real data (batch 64, the seed CNN, SGD 0.01/0.5), so its peak
-RSS is its own. An epoch is 60,000 training images plus the 10,000-image test; the figure reported is the median
-of the epochs after the first (warm-up). The variants take turns: all start and load, then run epoch 1 one after
-another, then epoch 2, and so on, one process at a time, so a burst of other work on a shared machine slows all of
-them alike rather than whichever ran then. Even so, compare the ratios, not the seconds.
+RSS is its own. An epoch is 60,000 training images plus the 10,000-image test. The variants take turns: all start
+and load, then run epoch 1 one after another, then epoch 2, and so on, one process at a time (a round per epoch).
+Seconds per epoch are the median over the rounds after the first (warm-up); a ratio between two variants is the
+median of their per-round ratios, so a slow spell on a shared machine scales both sides of each. Even so, compare
+the ratios, not the seconds.
 
 - notebook: the notebook's code (torchvision's FashionMNIST class, per-image ToTensor + Normalize, DataLoader).
 - floor:    the same SGD steps on normalised tensors already in memory; no framework, no logging.
@@ -237,6 +238,13 @@ class Variant:
         return result
 
 
+def paired_ratio(a: dict, b: dict) -> float:
+    """a's epoch time over b's, as the median over the timed rounds of the two epochs run one after the other in
+    the same round: a slow spell on the machine then scales both sides of each ratio."""
+    pairs = [x["seconds"] / y["seconds"] for x, y in zip(a["epochs"][1:], b["epochs"][1:], strict=False)]
+    return statistics.median(pairs) if pairs else a["seconds_per_epoch"] / b["seconds_per_epoch"]
+
+
 def run_in_turns(names: list[str], epochs: int, config: str, data_dir: str) -> dict[str, dict]:
     """Start every variant, let each load, then run their epochs in rotation, one process at a time."""
     variants = [Variant(name, command(name, epochs, config, None, data_dir, turns=True), turns=True)
@@ -266,7 +274,7 @@ def run_one_by_one(names: list[str], epochs: int, config: str, target: float, da
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per variant (the first is a warm-up)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (the first is a warm-up)")
     parser.add_argument("--config", default="seed", help="the project's config for the 'project' variant")
     parser.add_argument("--variants", default="notebook,floor,floor_cl,project")
     parser.add_argument("--time-to", type=float, default=None, dest="target",
@@ -302,11 +310,14 @@ def main() -> None:
             print(f"project/notebook time to {args.target:.1%}: {ratio:.3f} (1/{1 / ratio:.1f})")
     else:
         base = results.get("project")
+        ratios = {}
         for other in ("notebook", "floor", "floor_cl"):
             if base and other in results:
-                ratio = base["seconds_per_epoch"] / results[other]["seconds_per_epoch"]
-                rss = base["peak_rss_gb"] / results[other]["peak_rss_gb"]
-                print(f"project/{other:<8} time {ratio:5.2f}x   peak RSS {rss:5.2f}x")
+                ratios[other] = {"time": paired_ratio(base, results[other]),
+                                 "peak_rss": base["peak_rss_gb"] / results[other]["peak_rss_gb"]}
+                print(f"project/{other:<8} time {ratios[other]['time']:5.2f}x   "
+                      f"peak RSS {ratios[other]['peak_rss']:5.2f}x")
+        results["project_ratios"] = ratios
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
     print(f"\nwrote {args.json}")
