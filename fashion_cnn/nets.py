@@ -71,7 +71,7 @@ class StrongCNN(nn.Module):
             conv_bn_relu(1, c1), conv_bn_relu(c1, c1), nn.MaxPool2d(2),
             conv_bn_relu(c1, c2), conv_bn_relu(c2, c2), nn.MaxPool2d(2),
             conv_bn_relu(c2, c3), conv_bn_relu(c3, c3),
-            # pooling a 7x7 map to 7x7 changes nothing but costs a copy and its backward (~5% of a step)
+            # pooling a 7x7 map to 7x7 changes nothing but costs a copy and its backward (a few % of a step)
             nn.AdaptiveAvgPool2d(pool) if pool < 7 else nn.Identity(), nn.Flatten(),
         )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * pool * pool, num_classes))
