@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import fit
+from fashion_cnn.datamodule import FashionMNISTDataModule
+from fashion_cnn.module import FashionClassifier
 from tests.conftest import FIXTURE
 
 SMALL = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
@@ -61,11 +64,6 @@ def test_smoke_run_logs_every_epoch_checkpoints_and_hyperparameters(workdir, cap
 def test_a_finished_run_lets_go_of_its_trainer_model_and_data(workdir):
     # A run's memory must go back when it returns, not at interpreter exit (where this torch build's RSS peaks):
     # jsonargparse keeps its last parser in a ContextVar, which would keep the whole CLI alive.
-    from lightning.pytorch import Trainer
-
-    from fashion_cnn.datamodule import FashionMNISTDataModule
-    from fashion_cnn.module import FashionClassifier
-
     def alive() -> list:
         return [o for o in gc.get_objects() if isinstance(o, Trainer | FashionClassifier | FashionMNISTDataModule)]
 
