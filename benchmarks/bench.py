@@ -110,7 +110,7 @@ def floor_worker(epochs: int, target: float | None, data_dir: str, channels_last
     import torch
     import torch.nn.functional as F
 
-    from fashion_cnn.data_files import load_split, locate
+    from fashion_cnn.data_files import MEAN, STD, load_split, locate
     from fashion_cnn.nets import SeedCNN
 
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def floor_worker(epochs: int, target: float | None, data_dir: str, channels_last
 
     def prepared(split):
         images, labels = load_split(source, split)
-        return ((images.float() / 255 - 0.2860) / 0.3530).unsqueeze(1), labels
+        return ((images.float() / 255 - MEAN) / STD).unsqueeze(1), labels
 
     (x, y), (xt, yt) = prepared("train"), prepared("test")
     model = SeedCNN()

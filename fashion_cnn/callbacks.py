@@ -11,8 +11,8 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-from fashion_cnn import CLASSES
 from fashion_cnn.analysis import confusion_matrix, per_class_scores, predict
+from fashion_cnn.data_files import CLASSES
 from fashion_cnn.figures import evaluation_figures
 
 

@@ -50,7 +50,14 @@ OFFICIAL = {
     "t10k-labels-idx1-ubyte": _Official(10_000, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 }
 _MAGIC = {"images": 2051, "labels": 2049}  # idx: 0x0000 08 (uint8) 03/01 (dims)
-NUM_CLASSES = 10
+
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_CLASSES = len(CLASSES)
+# The training set's pixel mean and std on the 0..1 scale (tests/test_data_files.py recomputes them from the data).
+MEAN, STD = 0.2860, 0.3530
 
 
 def file_name(split: str, kind: str) -> str:

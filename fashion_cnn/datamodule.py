@@ -7,7 +7,7 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from fashion_cnn.data_files import DataError, load_split, locate
+from fashion_cnn.data_files import MEAN, STD, DataError, load_split, locate
 
 
 class TensorImages(Dataset):
@@ -90,8 +90,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: PositiveInt = 250,
         val_size: NonNegativeInt = 0,
         seed: int = 0,
-        mean: float = 0.2860,
-        std: PositiveFloat = 0.3530,
+        mean: float = MEAN,
+        std: PositiveFloat = STD,
         augment: bool = False,
         max_shift: NonNegativeInt = 2,
         num_workers: NonNegativeInt = 0,

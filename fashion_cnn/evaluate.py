@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
-from fashion_cnn import CLASSES
 from fashion_cnn.analysis import Predictions, confusion_matrix, most_confused, per_class_scores
 from fashion_cnn.analysis import predict as predict_logits
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
-from fashion_cnn.data_files import load_split, locate
+from fashion_cnn.data_files import CLASSES, load_split, locate
 from fashion_cnn.figures import evaluation_figures, save
 
 PROG = "python -m fashion_cnn.evaluate"

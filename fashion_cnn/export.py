@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_cnn import CLASSES
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
+from fashion_cnn.data_files import CLASSES
 
 PROG = "python -m fashion_cnn.export"
 FORMATS = ("torchscript", "onnx")

@@ -14,8 +14,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fashion_cnn import CLASSES
 from fashion_cnn.analysis import Predictions, examples_to_show
+from fashion_cnn.data_files import CLASSES
 
 WRONG, RIGHT = "#c62828", "#2e7d32"  # red / green titles: mistakes stand out at a glance
 

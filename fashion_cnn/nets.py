@@ -6,6 +6,8 @@ import torch
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt, restricted_number_type
 from torch import nn
 
+from fashion_cnn.data_files import NUM_CLASSES
+
 # The last feature map is 7x7: it can be pooled to 1x1 .. 7x7 (typed, so a config outside that fails when parsed)
 PoolSize = restricted_number_type("PoolSize", int, [(">=", 1), ("<=", 7)], join="and")
 
@@ -18,7 +20,7 @@ class SeedCNN(nn.Module):
     ``cross_entropy`` changed nothing, since log_softmax is idempotent).
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: PositiveInt = NUM_CLASSES, dropout: float = 0.5) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 10, kernel_size=5),  # 28 -> 24
@@ -61,7 +63,7 @@ class StrongCNN(nn.Module):
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
     """
 
-    def __init__(self, num_classes: PositiveInt = 10,
+    def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
                  widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 128),
                  dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1):
         super().__init__()

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashion_cnn import CLASSES
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import add_checkpoint_arguments, parser, run
+from fashion_cnn.data_files import CLASSES
 
 PROG = "python -m fashion_cnn.predict"
 SIZE = 28

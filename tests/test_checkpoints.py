@@ -13,6 +13,7 @@ from PIL import Image
 
 from fashion_cnn import evaluate, export, predict
 from fashion_cnn.checkpoints import CheckpointError, load, resolve, run_dir_of
+from fashion_cnn.data_files import MEAN, STD
 from tests.conftest import best_checkpoint
 
 COMMANDS = {"evaluate": evaluate.main, "predict": predict.main, "export": export.main}
@@ -53,7 +54,7 @@ def test_best_and_last_are_those_of_the_newest_run_with_checkpoints(trained_run,
     assert run_dir_of(resolve("best", logs)) == logs / "version_2"
     loaded = load("best", logs)
     assert loaded.run_dir == logs / "version_2" and not loaded.net.training
-    assert (loaded.mean, loaded.std) == (0.2860, 0.3530)
+    assert (loaded.mean, loaded.std) == (MEAN, STD)
     with pytest.raises(CheckpointError, match="no run in"):
         resolve("best", tmp_path / "empty")
 

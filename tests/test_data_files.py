@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fashion_cnn import data_files
-from fashion_cnn.data_files import DataError, file_name, find, load_split, locate, read_idx
+from fashion_cnn.data_files import MEAN, STD, DataError, file_name, find, load_split, locate, read_idx
 from tests.conftest import FIXTURE, real_data_dir, requires_real_data
 
 IMAGES = file_name("train", "images")
@@ -60,8 +60,9 @@ def test_real_dataset_passes_every_check_and_default_stats_match_it():
     assert torch.bincount(labels).tolist() == [6000] * 10
     pixels = train.float() / 255
     defaults = FashionMNISTDataModule().hparams
-    assert pixels.mean().item() == pytest.approx(defaults.mean, abs=1e-4)
-    assert pixels.std().item() == pytest.approx(defaults.std, abs=1e-4)
+    assert (defaults.mean, defaults.std) == (MEAN, STD)
+    assert pixels.mean().item() == pytest.approx(MEAN, abs=1e-4)
+    assert pixels.std().item() == pytest.approx(STD, abs=1e-4)
 
 
 def test_search_order_data_dir_then_env_then_system(monkeypatch, tmp_path, fixture_copy):

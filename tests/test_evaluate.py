@@ -7,7 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from fashion_cnn import CLASSES, evaluate
+from fashion_cnn import evaluate
+from fashion_cnn.data_files import CLASSES
 from tests.conftest import FIXTURE, best_checkpoint
 from tests.test_fit import scalars
 

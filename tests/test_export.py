@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from fashion_cnn import CLASSES, export
+from fashion_cnn import export
 from fashion_cnn.checkpoints import load
-from fashion_cnn.data_files import load_split
+from fashion_cnn.data_files import CLASSES, MEAN, STD, load_split
 from tests.conftest import FIXTURE, best_checkpoint
 
 BATCHES = (1, 7)
@@ -39,7 +39,7 @@ def test_torchscript_matches_pytorch(trained_run, inputs_and_logits, tmp_path):
         got = scripted(batch)
         assert got.shape == (len(batch), len(CLASSES)) and torch.allclose(got, expected, atol=1e-5, rtol=0)
     meta = json.loads((tmp_path / f"{stem}.json").read_text())
-    assert meta["classes"] == list(CLASSES) and (meta["mean"], meta["std"]) == (0.2860, 0.3530)
+    assert meta["classes"] == list(CLASSES) and (meta["mean"], meta["std"]) == (MEAN, STD)
     assert meta["files"] == [f"{stem}.torchscript.pt"] and not (tmp_path / f"{stem}.onnx").exists()
 
 

@@ -11,10 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fashion_cnn import CLASSES
 from fashion_cnn.analysis import confusion_matrix, per_class_scores, predict
 from fashion_cnn.checkpoints import load
-from fashion_cnn.data_files import load_split
+from fashion_cnn.data_files import CLASSES, load_split
 from fashion_cnn.fit import CONFIG_DIR
 from tests.conftest import FIXTURE, TRAINED_EPOCHS
 from tests.test_fit import scalars

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_cnn import CLASSES, predict
+from fashion_cnn import predict
 from fashion_cnn.analysis import predict as model_predict
 from fashion_cnn.checkpoints import load
-from fashion_cnn.data_files import load_split
+from fashion_cnn.data_files import CLASSES, load_split
 from tests.conftest import FIXTURE, best_checkpoint
 
 N = 40
