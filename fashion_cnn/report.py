@@ -1,12 +1,15 @@
 """Learning curves of a run next to the notebook's: ``python -m fashion_cnn.report [--run lightning_logs/version_N]``.
 
 Reads the run's per-epoch ``test/loss`` and ``test/acc`` from its TensorBoard event files and draws them with the
-numbers the original notebook printed, into ``docs/learning_curves.png``.
+numbers the original notebook printed, into ``docs/learning_curves.png``, and writes the numbers it drew beside it
+(``docs/learning_curves.json``), so a figure quoted from it can be traced to a file and a command.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fashion_cnn.checkpoints import newest_run
@@ -61,14 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         fig = learning_curves_figure(
             epochs, loss, acc, f"this run ({run_dir.name})", NOTEBOOK, NOTEBOOK_LABEL,
             f"FashionMNIST seed CNN: test set after every epoch ({run_dir.name}, {len(epochs)} epochs)")
+        curves = {"run": str(run_dir), "command": " ".join(["python -m fashion_cnn.report", *(argv or sys.argv[1:])]),
+                  "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "epochs": epochs, "test_loss": loss, "test_acc": acc}
         try:
             out = save(fig, args.out)
+            Path(args.out).with_suffix(".json").write_text(json.dumps(curves, indent=2) + "\n")
         except OSError as err:
             raise CommandError(f"cannot write {args.out} ({err.strerror or err}); choose another --out") from None
         print(f"{run_dir}: {len(epochs)} epochs, best test accuracy {100 * acc[best]:.2f}% at epoch {epochs[best]}, "
               f"last {100 * acc[-1]:.2f}% (loss {loss[-1]:.4f}); notebook at epoch {NOTEBOOK[-1][0]}: "
               f"{NOTEBOOK[-1][2]:.2f}% (loss {NOTEBOOK[-1][1]:.4f})")
-        print(f"wrote {out}")
+        print(f"wrote {out} and {out.with_suffix('.json').name}")
         return 0
 
     return run(PROG, body)

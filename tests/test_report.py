@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from PIL import Image
@@ -27,6 +28,9 @@ def test_newest_run_is_drawn_to_the_png(trained_run, tmp_path, capsys):
         assert image.format == "PNG" and image.width > image.height >= 400
     printed = capsys.readouterr().out
     assert "version_3: 3 epochs" in printed and "notebook at epoch 18: 88.48%" in printed
+    curves = json.loads(out.with_suffix(".json").read_text())  # the numbers behind the picture, for the docs
+    assert curves["run"] == str(logs / "version_3") and curves["epochs"] == list(range(1, TRAINED_EPOCHS + 1))
+    assert curves["test_acc"] == scalars(logs / "version_3")["test/acc"]
 
 
 def test_notebook_reference_is_its_printed_table():
