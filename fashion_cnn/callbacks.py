@@ -33,12 +33,6 @@ class EpochSummary(L.Callback):
         bar = trainer.progress_bar_callback
         bar.print(line) if bar is not None and hasattr(bar, "print") else print(line, flush=True)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Write the epoch's metrics to disk before the epoch's checkpoint (saved after this hook): a run killed
-        # later and resumed from that checkpoint then loses none of the metrics it already showed.
-        for logger in trainer.loggers:
-            logger.save()
-
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     """The trainer's TensorBoardLogger, if it has one (pictures and the hparams tab need TensorBoard)."""
@@ -50,8 +44,8 @@ class PredictionPictures(L.Callback):
     cannot show: the test-set confusion matrix, a grid of test images with their predictions (mostly the most
     confident mistakes, plus a few correct ones) and each class's test accuracy (``test_class_acc/<class>``).
 
-    It re-predicts the datamodule's in-memory test set on rank zero only (10,000 images: well under a second
-    on a GPU), instead of collecting outputs in ``validation_step``, so the module stays unaware of it.
+    It re-predicts the datamodule's in-memory test set on rank zero only, instead of collecting outputs in
+    ``validation_step``, so the module stays unaware of it.
 
     Args:
         every_n_epochs: how often to log (the last epoch is always logged).
@@ -82,7 +76,7 @@ class PredictionPictures(L.Callback):
             return
         epoch, step = trainer.current_epoch + 1, trainer.global_step
         self._logged_step = step
-        net = getattr(pl_module, "net", pl_module)  # the plain network: a torch.compile'd forward would recompile
+        net = getattr(pl_module, "net", pl_module)
         dm = trainer.datamodule
         preds = predict(net, test_set.images, test_set.labels, dm.normalize, batch_size=dm.hparams.eval_batch_size)
         cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
@@ -112,9 +106,10 @@ class HParamsSummary(L.Callback):
             params.update(_flat(dict(trainer.datamodule.hparams), "data"))
         if "PL_GLOBAL_SEED" in os.environ:  # set by seed_everything
             params["seed_everything"] = int(os.environ["PL_GLOBAL_SEED"])
-        writer = logger.experiment._get_file_writer()  # what TensorBoardLogger.log_hyperparams itself writes to
+        # SummaryWriter.file_writer: the event file of the run itself (add_hparams would start a new run directory);
+        # tests/test_pictures.py reads the HPARAMS tab back, so a change in torch's writer shows there.
         for summary in hparams(params, metrics):
-            writer.add_summary(summary)
+            logger.experiment.file_writer.add_summary(summary)
         logger.experiment.flush()
 
 

@@ -7,10 +7,10 @@ Saving (:class:`AtomicCheckpointIO`) writes beside the target and renames, so a 
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +20,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
-from fashion_cnn.module import FashionClassifier
+from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.nets import SeedCNN
 
 NAMED = ("best", "last")
 _RUN_DIR = re.compile(r"version_(\d+)")
 _TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FashionCNNError):
     """A checkpoint that cannot be found or loaded; the message is one line: what is wrong and how to fix it."""
 
 
@@ -111,23 +112,46 @@ def read(path: Path) -> dict:
     return checkpoint
 
 
+def net_name(net_config: dict | None) -> str:
+    """The class path of a network as the ``model.net`` config (or a checkpoint's hparams) describes it."""
+    return (net_config or {}).get("class_path", f"{SeedCNN.__module__}.{SeedCNN.__name__}")
+
+
+def build_net(net_config: dict | None) -> nn.Module:
+    """The network a ``model.net`` config describes (``class_path`` and ``init_args``, as LightningCLI records it
+    in a checkpoint's hyperparameters; None: the default :class:`~fashion_cnn.nets.SeedCNN`).
+
+    Only an ``nn.Module`` subclass is instantiated: a checkpoint cannot make this call anything else.
+    """
+    module_name, _, class_name = net_name(net_config).rpartition(".")
+    net_class = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(net_class, type) and issubclass(net_class, nn.Module)):
+        raise TypeError(f"{net_name(net_config)} is not a torch.nn.Module")
+    return net_class(**(net_config or {}).get("init_args", {}))
+
+
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:
-    """Resolve ``ckpt_path`` (a path, ``best`` or ``last``) and rebuild its network and data settings on the CPU."""
+    """Resolve ``ckpt_path`` (a path, ``best`` or ``last``) and rebuild its network and data settings on the CPU.
+
+    The network is built from the checkpoint's ``net`` hyperparameter and given its ``net.*`` weights; no
+    LightningModule is made, so nothing named in the checkpoint but a network class is ever called.
+    """
     path = resolve(ckpt_path, logs_dir)
-    checkpoint = read(path)  # checks the file before Lightning touches it, so failures are one line
+    checkpoint = read(path)
+    hparams = checkpoint["hyper_parameters"]
     try:
-        with warnings.catch_warnings():
-            # Rebuilding from hparams passes `net` as a module, which save_hyperparameters warns about: not news.
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            module = FashionClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        net = build_net(hparams.get("net"))
+        weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(weights)
+        if hparams.get("channels_last"):  # the memory format FashionClassifier trained and tested it in
+            net = net.to(memory_format=torch.channels_last)
         data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
         datamodule = FashionMNISTDataModule(**data_hparams)
     except (RuntimeError, KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
         first = " ".join(str(err).split("\n")[0].split())[:200]
-        raise CheckpointError(f"{path}: cannot rebuild the model from it ({first}); it may come from another "
-                              f"version of fashion_cnn: use the code version that wrote it") from None
-    # `net` is the plain network: `module.forward` may be torch.compile'd, which evaluation does not need.
-    return Loaded(path=path, net=module.net.eval(), datamodule=datamodule)
+        raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first}); it may "
+                              f"come from another version of fashion_cnn: use the code version that wrote it") from None
+    return Loaded(path=path, net=net.eval(), datamodule=datamodule)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

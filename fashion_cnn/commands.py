@@ -1,7 +1,9 @@
-"""What the ``evaluate``/``predict``/``export``/``report`` commands share: one-line errors and exit statuses (and,
-with ``fit``, the hiding of a library warning no user can act on).
+"""What every entry point shares: one-line errors, exit statuses, the argument parsers' error format.
 
-Exit statuses: 0 success, 1 a problem with the inputs (checkpoint, data, images, run), 2 a usage error.
+Exit statuses: 0 done; 1 a problem with the inputs (data, checkpoint, config, images, run), reported as
+``<prog>: error: <what is wrong and how to fix it>``; 2 a usage error (a bad option), the same one line plus a
+pointer to ``--help``; 130 interrupted (Ctrl-C). ``python -m fashion_cnn.data_files`` also exits 3 when no copy of
+the dataset exists, so ``make data`` knows to fetch one.
 """
 
 from __future__ import annotations
@@ -10,31 +12,39 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
-from fashion_cnn.checkpoints import CheckpointError
-from fashion_cnn.data_files import DataError
+from fashion_cnn.errors import FashionCNNError
 
-
-class CommandError(RuntimeError):
-    """A command's own one-line error (e.g. a run without event files)."""
+BAD_INPUT, USAGE, INTERRUPTED = 1, 2, 130
 
 
-# The project's errors: each message already says what is wrong and how to fix it.
-EXPECTED = (CheckpointError, DataError, CommandError)
+class CommandError(FashionCNNError):
+    """A command's own one-line error (e.g. a run without event files, an unwritable output directory)."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line plus a pointer to --help, as ``python -m fashion_cnn.fit`` does."""
+class OneLineUsage:
+    """Parser mixin (argparse or jsonargparse): a usage error is one line plus a pointer to ``--help``, instead of
+    the whole usage text or jsonargparse's multi-line explanation."""
 
-    def error(self, message: str):  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n  (see `{self.prog} --help`)\n")
-        raise SystemExit(2)
+    prog: str
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
+        summary = " ".join(lines[:2])  # jsonargparse puts the key on the first line and the reason on the second
+        summary += next((f" ({line})" for line in lines[2:] if line.startswith("Given value:")), "")
+        sys.stderr.write(f"{self.prog}: error: {summary}\n  (see `{self.prog} --help`)\n")
+        raise SystemExit(USAGE)
 
 
-def parser(module: str, description: str) -> OneLineParser:
+class ArgumentParser(OneLineUsage, argparse.ArgumentParser):
+    """argparse with the project's one-line usage errors."""
+
+
+def parser(module: str, description: str) -> ArgumentParser:
     """The argument parser of ``python -m fashion_cnn.<module>``."""
-    return OneLineParser(prog=f"python -m fashion_cnn.{module}", description=description,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return ArgumentParser(prog=f"python -m fashion_cnn.{module}", description=description,
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def hide_library_noise() -> None:
@@ -44,13 +54,17 @@ def hide_library_noise() -> None:
 
 
 def run(prog: str, body: Callable[[], int]) -> int:
-    """Call ``body``; report the project's errors as ``prog: error: ...`` on one line with exit status 1."""
+    """Call ``body`` and return its exit status; any :class:`FashionCNNError` becomes one line ``prog: error: ...``
+    on stderr and status 1."""
     hide_library_noise()
     try:
         return body()
-    except EXPECTED as err:
+    except FashionCNNError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,6 @@ Run ``python -m fashion_cnn.data_files`` to see which copy would be used.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import os
@@ -20,9 +19,12 @@ from pathlib import Path
 
 import torch
 
+from fashion_cnn.commands import parser, run
+from fashion_cnn.errors import FashionCNNError
+
 ENV_VAR = "FASHION_MNIST_DIR"
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-SPLITS = ("train", "test")
+FILE_SPLITS = ("train", "test")  # the release's two sets of files
 _STEMS = {"train": "train", "test": "t10k"}
 
 HOW_TO_GET = (
@@ -32,7 +34,7 @@ HOW_TO_GET = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(FashionCNNError):
     """A missing or damaged dataset; the message is one line that says what is wrong and how to fix it."""
 
 
@@ -93,7 +95,7 @@ def find(data_dir: str | Path | None) -> Path | None:
         raise DataError(f"data_dir {data_dir} is a file, not a directory; point data_dir at a directory")
     if os.environ.get(ENV_VAR) and not Path(os.environ[ENV_VAR]).expanduser().is_dir():
         raise DataError(f"${ENV_VAR}={os.environ[ENV_VAR]} is not a directory; unset it or {HOW_TO_GET}")
-    names = [file_name(s, k) for s in SPLITS for k in ("images", "labels")]
+    names = [file_name(s, k) for s in FILE_SPLITS for k in ("images", "labels")]
     for label, directory in candidate_dirs(data_dir):
         present = [n for n in names if _file_in(directory, n)]
         if len(present) == len(names):
@@ -209,24 +211,24 @@ NOT_FOUND = 3  # exit status of main() when there is no copy, so `make data` kno
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.data_files``: say which copy would be used and check it fully."""
-    parser = argparse.ArgumentParser(prog="python -m fashion_cnn.data_files", description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default="data", help="the DataModule's data_dir (default: data)")
-    parser.add_argument("--download", action="store_true", help="download with torchvision if no copy is found")
-    args = parser.parse_args(argv)
-    try:
+    p = parser("data_files", __doc__.split("\n")[0])
+    p.add_argument("--data_dir", default="data", help="the DataModule's data_dir")
+    p.add_argument("--download", action="store_true", help="download with torchvision if no copy is found")
+    args = p.parse_args(argv)
+
+    def body() -> int:
         directory = find(args.data_dir) or (download(args.data_dir) if args.download else None)
         if directory is None:
             places = ", ".join(str(d) for _, d in candidate_dirs(args.data_dir))
             print(f"FashionMNIST not found (looked in {places})", file=sys.stderr)
             return NOT_FOUND
-        for split in SPLITS:
+        for split in FILE_SPLITS:
             images, _ = load_split(directory, split)
             print(f"{split:>5}: {len(images):,} images OK")
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"FashionMNIST found and verified in {directory}")
-    return 0
+        print(f"FashionMNIST found and verified in {directory}")
+        return 0
+
+    return run("python -m fashion_cnn.data_files", body)
 
 
 if __name__ == "__main__":

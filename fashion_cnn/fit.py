@@ -13,6 +13,7 @@ import gc
 import os
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -20,29 +21,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from fashion_cnn import checkpoints
-from fashion_cnn.checkpoints import CheckpointError
-from fashion_cnn.commands import hide_library_noise
-from fashion_cnn.data_files import DataError
+from fashion_cnn.commands import INTERRUPTED, OneLineUsage, run
 from fashion_cnn.datamodule import FashionMNISTDataModule
-from fashion_cnn.module import FashionClassifier, TrainingDiverged
+from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.module import FashionClassifier
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROG = "python -m fashion_cnn.fit"
 
 
-class ConfigError(ValueError):
+class ConfigError(FashionCNNError):
     """A configuration that cannot work; reported as one line before any work starts."""
 
 
-class OneLineErrorParser(LightningArgumentParser):
-    """Reports a bad argument or config as one line (plus a pointer to --help) instead of the whole usage text."""
-
-    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-        lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
-        summary = " ".join(lines[:2])  # jsonargparse puts the key on the first line and the reason on the second
-        summary += next((f" ({line})" for line in lines[2:] if line.startswith("Given value:")), "")
-        sys.stderr.write(f"{PROG}: error: {summary}\n  (see `{PROG} --help`, or --print_config for the full config)\n")
-        raise SystemExit(2)
+class FitParser(OneLineUsage, LightningArgumentParser):
+    """LightningCLI's parser with the project's one-line usage errors."""
 
 
 class FashionCLI(LightningCLI):
@@ -79,7 +72,7 @@ class FashionCLI(LightningCLI):
             self.save_config_callback = None  # keep the run's config.yaml: it reruns the experiment from scratch
 
     def instantiate_trainer(self, **kwargs):
-        trainer = self._get(self.config_init, "trainer", default={})
+        trainer = self.config_init.get("trainer", {})  # run=False: no subcommand level in the config
         callbacks = list(trainer.get("callbacks") or [])
         if trainer.get("enable_progress_bar") is False:  # so that flag also switches off the configured bar
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -127,13 +120,13 @@ def resolve_config_names(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train and test as the command line says; the exit status (0 done, 1 bad input, 2 usage error, 130 stopped)."""
+    """Train and test as the command line says; the exit status (:mod:`fashion_cnn.commands` lists them)."""
     # jsonargparse leaves its parser in a ContextVar, and the parser keeps the CLI alive, with its trainer, model
     # and data: in a copied context, all of that is dropped when the run returns. Lightning's objects refer to
     # each other in cycles, so collect them at once: the memory then goes back before the interpreter's shutdown,
     # which is when this torch build's RSS peaks (it touches ~125 MB of library pages on the way out).
     try:
-        return contextvars.copy_context().run(_fit_and_test, argv)
+        return contextvars.copy_context().run(run, PROG, partial(_fit_and_test, argv))
     finally:
         gc.collect()
 
@@ -142,26 +135,24 @@ def _fit_and_test(argv: list[str] | None) -> int:
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
     # argv is sys.argv with shipped config names resolved; Lightning would warn that both are given.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    hide_library_noise()
     try:
         cli = FashionCLI(
             FashionClassifier,
             FashionMNISTDataModule,
             run=False,
             args=argv,
-            parser_class=OneLineErrorParser,
+            parser_class=FitParser,
             parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
         )
         trainer = cli.trainer
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:
-            return 130
+            return INTERRUPTED
         checkpoint = trainer.checkpoint_callback  # no best one (no checkpointing, or no epoch evaluated): final weights
         best = "best" if checkpoint is not None and checkpoint.best_model_path else None
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
-    except (DataError, ConfigError, CheckpointError, TrainingDiverged, MisconfigurationException) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+    except MisconfigurationException as err:  # Lightning's word for a Trainer setting that cannot work here
+        raise ConfigError(str(err)) from None
     return 0
 
 

@@ -13,12 +13,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_cnn.data_files import NUM_CLASSES
+from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.nets import SeedCNN
 
-SPLITS = ("train", "val", "test")
+METRIC_SPLITS = ("train", "val", "test")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(FashionCNNError):
     """The training loss became NaN or infinite."""
 
 
@@ -33,8 +34,9 @@ class FashionClassifier(L.LightningModule):
         weight_decay: L2 weight decay.
         label_smoothing: cross-entropy label smoothing for training (evaluation uses the plain loss).
         schedule: ``constant`` (the notebook's) or ``onecycle`` (warm up to ``lr``, then anneal, per step).
-        channels_last: channels-last memory format for the network (can be faster on GPUs).
-        compile: ``torch.compile`` the network.
+        channels_last: channels-last memory format for the network: the same function, often faster convolutions
+            (``make bench`` compares both on your machine).
+        compile: ``torch.compile`` the network (in place, so checkpoints keep the plain ``net.*`` weights).
     """
 
     def __init__(
@@ -54,9 +56,9 @@ class FashionClassifier(L.LightningModule):
         self.net = net if net is not None else SeedCNN()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # Kept out of the module tree (not a registered submodule), so checkpoints hold the weights once, as net.*
-        self.__dict__["_forward"] = torch.compile(self.net) if compile else self.net
-        for split in SPLITS:  # one metric object per split: self.train_acc, self.val_loss, ...
+        if compile:
+            self.net.compile()
+        for split in METRIC_SPLITS:  # one metric object per split: self.train_acc, self.val_loss, ...
             # validate_args=False: the checks cost a host sync per batch, and labels were validated on load
             setattr(self, f"{split}_acc", MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False))
             if split != "train":  # the training loss is logged per step, not averaged
@@ -66,24 +68,29 @@ class FashionClassifier(L.LightningModule):
         """Logits [B, 10] for normalised images [B, 1, 28, 28]."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._forward(x)
+        return self.net(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        # Checking needs the loss on the host: free on CPU, a sync on GPU, so there only at the logging interval.
-        check = loss.device.type == "cpu" or batch_idx % max(1, self.trainer.log_every_n_steps) == 0
-        if check and not torch.isfinite(loss):
+        logging_step = self._is_logging_step()
+        # Checking needs the loss on the host: free on CPU, a sync on GPU, so there only on logging steps.
+        if (logging_step or loss.device.type == "cpu") and not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
                 f"the learning rate is probably too high (model.lr={self.hparams.lr}); lower it and start again")
         self.train_acc.update(logits.detach(), labels)
-        # Each self.log call costs about 1.5 ms on a 2-core CPU, a fifth of this step (Lightning moves its result
-        # state every call), so the step loss is logged only on the steps the logger writes (log_every_n_steps).
-        if self.trainer._logger_connector.should_update_logs:
+        # A self.log call costs as much as a fair part of this small network's step (Lightning updates its result
+        # collection each time), so the step loss is logged only on the steps the logger writes.
+        if logging_step:
             self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _is_logging_step(self) -> bool:
+        """Whether the logger writes this training step (what Lightning decides with ``log_every_n_steps``)."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
 
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc.compute())
@@ -110,6 +117,10 @@ class FashionClassifier(L.LightningModule):
         self.log("final/test_acc", acc)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed run continues after the checkpoint's step, so metrics logged before it must already be on disk:
+        # flushing here means a run killed later loses none of what it showed before this checkpoint.
+        for logger in self.loggers:
+            logger.save()
         # Dropout and augmentation draw from torch's global RNG: saving it makes a resumed run bit-identical.
         checkpoint["torch_rng_state"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():

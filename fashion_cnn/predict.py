@@ -17,13 +17,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import add_checkpoint_arguments, parser, run
 from fashion_cnn.data_files import CLASSES
+from fashion_cnn.errors import FashionCNNError
 
 PROG = "python -m fashion_cnn.predict"
 SIZE = 28
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(FashionCNNError):
     """A file that is not an image this command can read."""
 
 

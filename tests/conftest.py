@@ -10,8 +10,7 @@ import pytest
 
 from fashion_cnn import data_files
 from fashion_cnn.datamodule import FashionMNISTDataModule
-
-FIXTURE = Path(__file__).parent / "data" / "fashion_mnist_small"  # 512 train + 256 test images of the real set
+from tests.helpers import FIXTURE, TRAINED_EPOCHS
 
 
 @pytest.fixture
@@ -37,18 +36,6 @@ def small_dm() -> FashionMNISTDataModule:
     return dm
 
 
-def real_data_dir() -> Path | None:
-    try:
-        return data_files.find(None)
-    except data_files.DataError:
-        return None
-
-
-requires_real_data = pytest.mark.skipif(real_data_dir() is None,
-                                        reason="the real FashionMNIST is not installed (run `make data`)")
-
-
-TRAINED_EPOCHS = 3
 # The picture callback every 2 epochs, so the 3-epoch run shows both the periodic and the last-epoch pictures.
 _TRAINED_CALLBACKS = """\
 trainer:
@@ -81,7 +68,3 @@ def trained_run(tmp_path_factory) -> Path:
         os.chdir(previous)
     assert code == 0
     return root / "lightning_logs" / "version_0"
-
-
-def best_checkpoint(run: Path) -> Path:
-    return next((run / "checkpoints").glob("best*.ckpt"))

@@ -14,7 +14,7 @@ from PIL import Image
 from fashion_cnn import evaluate, export, predict
 from fashion_cnn.checkpoints import CheckpointError, load, resolve, run_dir_of
 from fashion_cnn.data_files import MEAN, STD
-from tests.conftest import best_checkpoint
+from tests.helpers import SMALL, best_checkpoint
 
 COMMANDS = {"evaluate": evaluate.main, "predict": predict.main, "export": export.main}
 
@@ -113,7 +113,6 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
 
 def test_resuming_training_from_a_hostile_checkpoint_runs_nothing(tmp_path, capsys, monkeypatch):
     from fashion_cnn import fit
-    from tests.test_fit import SMALL
 
     marker = tmp_path / "pwned"
     hostile = tmp_path / "hostile.ckpt"
@@ -123,3 +122,26 @@ def test_resuming_training_from_a_hostile_checkpoint_runs_nothing(tmp_path, caps
     err = capsys.readouterr().err
     assert "would run code" in err and "Traceback" not in err
     assert not marker.exists() and not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("class_path", ["os.system", "subprocess.Popen", "fashion_cnn.nets.NoSuchNet"])
+def test_a_checkpoint_can_only_name_a_network_class(class_path, trained_run, tmp_path, capsys, monkeypatch):
+    checkpoint = torch.load(best_checkpoint(trained_run), weights_only=True)
+    checkpoint["hyper_parameters"]["net"] = {"class_path": class_path, "init_args": {"command": "touch pwned"}}
+    forged = tmp_path / "forged.ckpt"
+    torch.save(checkpoint, forged)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    assert run_command("export", str(forged), tmp_path) == 1
+    assert_one_line_error(capsys, "export", f"cannot rebuild {class_path}")
+    assert list(workdir.iterdir()) == [] and not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+def test_a_checkpoint_with_other_weights_than_its_network_is_one_line(trained_run, tmp_path, capsys):
+    checkpoint = torch.load(best_checkpoint(trained_run), weights_only=True)
+    checkpoint["hyper_parameters"]["net"] = {"class_path": "fashion_cnn.nets.StrongCNN", "init_args": {}}
+    mismatched = tmp_path / "mismatched.ckpt"
+    torch.save(checkpoint, mismatched)
+    assert run_command("evaluate", str(mismatched), tmp_path) == 1
+    assert_one_line_error(capsys, "evaluate", "cannot rebuild fashion_cnn.nets.StrongCNN", "state_dict")

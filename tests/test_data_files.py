@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from fashion_cnn import data_files
 from fashion_cnn.data_files import MEAN, STD, DataError, file_name, find, load_split, locate, read_idx
-from tests.conftest import FIXTURE, real_data_dir, requires_real_data
+from tests.helpers import FIXTURE, real_data_dir, requires_real_data, tree_digest
 
 IMAGES = file_name("train", "images")
 LABELS = file_name("train", "labels")
@@ -24,11 +23,6 @@ def write_gz(path: Path, payload: bytes) -> None:
 
 def raw_bytes(name: str) -> bytes:
     return gzip.decompress((FIXTURE / f"{name}.gz").read_bytes())
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def assert_one_line_naming(err: DataError, path: Path, words: str) -> None:
@@ -137,12 +131,12 @@ def test_damaged_images_file_is_reported_and_left_alone(no_other_copies, fixture
         write_gz(path, raw[:-784])
     else:
         write_gz(path, raw[:12] + (32).to_bytes(4, "big") + raw[16:])
-    before = digest_tree(fixture_copy)
+    before = tree_digest(fixture_copy)
     monkeypatch.setattr(data_files, "download", lambda *a: pytest.fail("a damaged copy must not be re-downloaded"))
     with pytest.raises(DataError) as info:
         load_split(locate(fixture_copy, allow_download=True), "train", verify=False)
     assert_one_line_naming(info.value, path, words)
-    assert digest_tree(fixture_copy) == before
+    assert tree_digest(fixture_copy) == before
 
 
 def test_label_out_of_range(fixture_copy):

@@ -8,7 +8,7 @@ from torchvision.transforms import functional as TF
 
 from fashion_cnn.data_files import DataError
 from fashion_cnn.datamodule import EvalSampler, FashionMNISTDataModule, TensorImages, random_shift_flip
-from tests.conftest import FIXTURE
+from tests.helpers import FIXTURE
 
 
 def first_batch(loader):

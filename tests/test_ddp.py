@@ -8,10 +8,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from fashion_cnn.datamodule import FashionMNISTDataModule
-from fashion_cnn.module import FashionClassifier
-from tests.conftest import FIXTURE
-from tests.test_fit import scalars
+from fashion_cnn import checkpoints
+from tests.helpers import FIXTURE, scalars
 
 
 def test_training_shards_are_disjoint_and_cover_the_set(small_dm):
@@ -44,11 +42,11 @@ def test_two_process_ddp_logs_the_full_test_set_metrics(tmp_path):
     assert len(logged["test/acc"]) == 2
 
     # The same weights evaluated in one process on all 256 test images give exactly the logged numbers.
-    model = FashionClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True).eval()
-    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False)
+    loaded = checkpoints.load(run / "checkpoints" / "last.ckpt")
+    dm = loaded.datamodule
     dm.setup()
     with torch.inference_mode():
-        logits = model(dm.normalize(dm.test_set.images))
+        logits = loaded.net(dm.normalize(dm.test_set.images))
     acc = (logits.argmax(1) == dm.test_set.labels).float().mean().item()
     loss = F.cross_entropy(logits, dm.test_set.labels).item()
     assert logged["test/acc"][-1] == acc

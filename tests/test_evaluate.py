@@ -9,8 +9,7 @@ from PIL import Image
 
 from fashion_cnn import evaluate
 from fashion_cnn.data_files import CLASSES
-from tests.conftest import FIXTURE, best_checkpoint
-from tests.test_fit import scalars
+from tests.helpers import FIXTURE, best_checkpoint, scalars
 
 
 def test_best_checkpoint_gives_the_runs_final_test_numbers(trained_run, tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from fashion_cnn import export
 from fashion_cnn.checkpoints import load
 from fashion_cnn.data_files import CLASSES, MEAN, STD, load_split
-from tests.conftest import FIXTURE, best_checkpoint
+from tests.helpers import FIXTURE, best_checkpoint
 
 BATCHES = (1, 7)
 

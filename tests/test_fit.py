@@ -4,7 +4,6 @@ and one-line errors for bad input that leave existing runs alone."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -17,26 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fashion_cnn import fit
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
-from tests.conftest import FIXTURE
-
-SMALL = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
-         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-         "--trainer.log_every_n_steps", "4"]
+from tests.helpers import SMALL, scalars, tree_digest
 
 
 def run_fit(*args: str) -> int:
     return fit.main([*SMALL, *args])
-
-
-def scalars(run: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -51,6 +35,10 @@ def test_smoke_run_logs_every_epoch_checkpoints_and_hyperparameters(workdir, cap
     logged = scalars(run)
     assert len(logged["test/acc"]) == 3 and len(logged["test/loss"]) == 3
     assert all(0.0 <= a <= 1.0 for a in logged["test/acc"]) and "train/loss" in logged and "train/acc" in logged
+    # 3 epochs of 8 steps with log_every_n_steps 4: the step loss is written on steps 4, 8, ..., 24 (0-based 3, ...)
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [3, 7, 11, 15, 19, 23]
     assert len(logged["final/test_acc"]) == 1 and logged["final/test_acc"][0] == max(logged["test/acc"])
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints)

@@ -8,7 +8,7 @@ import torch
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
-from tests.conftest import FIXTURE
+from tests.helpers import FIXTURE
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -47,3 +47,9 @@ def test_onecycle_schedule_steps_per_batch(small_dm):
     trainer.fit(model, datamodule=small_dm)
     scheduler = trainer.lr_scheduler_configs[0]
     assert scheduler.interval == "step" and scheduler.scheduler.last_epoch == 8  # 512 / 64 steps
+
+
+def test_compile_keeps_one_copy_of_the_weights_under_their_plain_names():
+    plain, compiled = FashionClassifier(), FashionClassifier(compile=True)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert all(key.startswith("net.") for key in compiled.state_dict())

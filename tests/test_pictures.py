@@ -15,8 +15,7 @@ from fashion_cnn.analysis import confusion_matrix, per_class_scores, predict
 from fashion_cnn.checkpoints import load
 from fashion_cnn.data_files import CLASSES, load_split
 from fashion_cnn.fit import CONFIG_DIR
-from tests.conftest import FIXTURE, TRAINED_EPOCHS
-from tests.test_fit import scalars
+from tests.helpers import FIXTURE, TRAINED_EPOCHS, scalars
 
 
 def events(run):

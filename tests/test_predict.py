@@ -13,7 +13,7 @@ from fashion_cnn import predict
 from fashion_cnn.analysis import predict as model_predict
 from fashion_cnn.checkpoints import load
 from fashion_cnn.data_files import CLASSES, load_split
-from tests.conftest import FIXTURE, best_checkpoint
+from tests.helpers import FIXTURE, best_checkpoint
 
 N = 40
 VARIANTS = {

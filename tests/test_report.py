@@ -8,8 +8,7 @@ import shutil
 from PIL import Image
 
 from fashion_cnn import report
-from tests.conftest import TRAINED_EPOCHS
-from tests.test_fit import scalars
+from tests.helpers import TRAINED_EPOCHS, scalars
 
 
 def test_curves_are_the_runs_logged_test_numbers(trained_run):

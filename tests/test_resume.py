@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import FIXTURE
-from tests.test_fit import scalars
+from tests.helpers import FIXTURE, scalars
 
 EPOCHS = 5
 ARGS = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fashion_cnn import fit
-from tests.conftest import requires_real_data
-from tests.test_fit import scalars
+from tests.helpers import requires_real_data, scalars
 
 pytestmark = [pytest.mark.slow, requires_real_data]
 

@@ -1,0 +1,51 @@
+"""What several test modules share: the small real-data fixture, the fit arguments that use it, and readers of
+what a run leaves behind (its TensorBoard scalars, a digest of a directory tree)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fashion_cnn import data_files
+
+FIXTURE = Path(__file__).parent / "data" / "fashion_mnist_small"  # 512 train + 256 test images of the real set
+
+# `python -m fashion_cnn.fit` arguments for a quick run on the fixture.
+SMALL = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
+         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+         "--trainer.log_every_n_steps", "4"]
+
+TRAINED_EPOCHS = 3  # the length of conftest's shared `trained_run`
+
+
+def real_data_dir() -> Path | None:
+    """Where the full dataset is installed, or None."""
+    try:
+        return data_files.find(None)
+    except data_files.DataError:
+        return None
+
+
+requires_real_data = pytest.mark.skipif(real_data_dir() is None,
+                                        reason="the real FashionMNIST is not installed (run `make data`)")
+
+
+def scalars(run: Path) -> dict[str, list[float]]:
+    """Every scalar a run logged to TensorBoard, by tag, in step order."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``root``: equal before and after means nothing was changed or added."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def best_checkpoint(run: Path) -> Path:
+    """The best-*.ckpt of a run directory."""
+    return next((run / "checkpoints").glob("best*.ckpt"))

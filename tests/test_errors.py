@@ -1,0 +1,54 @@
+"""One error path: every error the project raises for a user shares one base, and every command reports it alike."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import fashion_cnn
+from fashion_cnn import commands
+from fashion_cnn.errors import FashionCNNError
+
+
+def project_modules():
+    return [importlib.import_module(f"fashion_cnn.{m.name}") for m in pkgutil.iter_modules(fashion_cnn.__path__)]
+
+
+def test_every_error_class_of_the_project_has_the_one_base():
+    errors = {cls for module in project_modules() for _, cls in inspect.getmembers(module, inspect.isclass)
+              if issubclass(cls, Exception) and cls.__module__.startswith("fashion_cnn")}
+    assert {"DataError", "CheckpointError", "CommandError", "ConfigError", "TrainingDiverged"} <= {
+        cls.__name__ for cls in errors}
+    assert all(issubclass(cls, FashionCNNError) for cls in errors), errors
+
+
+def test_run_turns_a_project_error_into_one_line_and_status_1(capsys):
+    def body() -> int:
+        raise commands.CommandError("something is wrong\n  across lines; fix it like this")
+
+    assert commands.run("python -m fashion_cnn.x", body) == commands.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err == "python -m fashion_cnn.x: error: something is wrong across lines; fix it like this\n"
+
+
+def test_other_exceptions_are_bugs_and_are_not_hidden():
+    def body() -> int:
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        commands.run("python -m fashion_cnn.x", body)
+
+
+@pytest.mark.parametrize("module", ["data_files", "evaluate", "predict", "export", "report", "fit"])
+def test_every_command_reports_a_usage_error_in_the_same_one_line_format(module, capsys):
+    main = importlib.import_module(f"fashion_cnn.{module}").main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--no_such_option", "1"])
+    assert exit_.value.code == commands.USAGE
+    err = capsys.readouterr().err
+    prog = f"python -m fashion_cnn.{module}"
+    assert err.startswith(f"{prog}: error: ") and err.endswith(f"\n  (see `{prog} --help`)\n"), err
+    assert err.count("\n") == 2 and "usage:" not in err
