@@ -8,6 +8,7 @@ Saving (:class:`AtomicCheckpointIO`) writes beside the target and renames, so a 
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import pickle
 import re
@@ -24,7 +25,7 @@ from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.nets import SeedCNN
 
 NAMED = ("best", "last")
-_RUN_DIR = re.compile(r"version_(\d+)")
+RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
 _TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
 
 
@@ -58,7 +59,7 @@ def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoi
     early has no checkpoints, so it is passed over)."""
     logs_dir = Path(logs_dir)
     runs = [(int(m.group(1)), p) for p in (logs_dir.iterdir() if logs_dir.is_dir() else [])
-            if (m := _RUN_DIR.fullmatch(p.name)) and any(p.glob(holding))]
+            if (m := RUN_DIR.fullmatch(p.name)) and any(p.glob(holding))]
     if not runs:
         raise CheckpointError(f"no run in {logs_dir}/ has {holding} (looked in version_N/); "
                               f"{_TRAIN_HINT}, or pass --logs_dir")
@@ -130,6 +131,26 @@ def build_net(net_config: dict | None) -> nn.Module:
     return net_class(**(net_config or {}).get("init_args", {}))
 
 
+def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) -> None:
+    """Raise :class:`CheckpointError` unless the network ``net_config`` builds has exactly the checkpoint's weights
+    (names and shapes): resuming another network would fail deep inside Lightning with a multi-line error."""
+    ours = {k: tuple(v.shape) for k, v in build_net(net_config).state_dict().items()}
+    theirs = {k.removeprefix("net."): tuple(v.shape) for k, v in checkpoint["state_dict"].items()
+              if k.startswith("net.")}
+    if ours == theirs:
+        return
+    trained, configured = net_name(checkpoint["hyper_parameters"].get("net")), net_name(net_config)
+    if trained != configured:
+        what = f"{trained}, but this config builds {configured}"
+    else:
+        differs = next(k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k))
+        what = (f"{trained} with other options than this config's ({differs}: {theirs.get(differs)} in the "
+                f"checkpoint, {ours.get(differs)} here)")
+    config = run_dir_of(path) / "config.yaml"
+    how = f"--config {config} --ckpt_path {path}" if config.is_file() else "the config it was trained with"
+    raise CheckpointError(f"{path} was trained with {what}; resume it with {how}")
+
+
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:
     """Resolve ``ckpt_path`` (a path, ``best`` or ``last``) and rebuild its network and data settings on the CPU.
 
@@ -168,10 +189,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         try:
+            # Serialised in memory first (a few MB here): torch.save writing to the file itself reports a full disk
+            # as an obscure RuntimeError from its zip writer, a plain write as OSError ENOSPC.
+            data = io.BytesIO()
+            torch.save(checkpoint, data)
             with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
+                f.write(data.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
+        except OSError as err:  # e.g. a full disk: name the checkpoint, which a bare write error does not
+            raise OSError(err.errno, err.strerror, str(path)) from err
         finally:
             partial.unlink(missing_ok=True)
