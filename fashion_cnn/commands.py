@@ -2,8 +2,9 @@
 
 Exit statuses: 0 done; 1 a problem with the inputs (data, checkpoint, config, images, run), reported as
 ``<prog>: error: <what is wrong and how to fix it>``; 2 a usage error (a bad option), the same one line plus a
-pointer to ``--help``; 130 interrupted (Ctrl-C). ``python -m fashion_cnn.data_files`` also exits 3 when no copy of
-the dataset exists, so ``make data`` knows to fetch one.
+pointer to ``--help``; 130 interrupted (Ctrl-C); 143 stopped by SIGTERM (as a shell reports it; ``fit`` leaves a
+checkpoint to resume from). ``python -m fashion_cnn.data_files`` also exits 3 when no copy of the dataset exists,
+so ``make data`` knows to fetch one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NoReturn
 
 from fashion_cnn.errors import FashionCNNError
 
-BAD_INPUT, USAGE, INTERRUPTED = 1, 2, 130
+BAD_INPUT, USAGE, INTERRUPTED, TERMINATED = 1, 2, 130, 143
 
 
 class CommandError(FashionCNNError):

@@ -9,6 +9,7 @@ The shipped ``configs/seed.yaml`` (the notebook's experiment) is always read fir
 from __future__ import annotations
 
 import contextvars
+import errno
 import gc
 import os
 import sys
@@ -19,9 +20,11 @@ from pathlib import Path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import checkpoints
-from fashion_cnn.commands import INTERRUPTED, OneLineUsage, run
+from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, run
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.module import FashionClassifier
@@ -34,12 +37,18 @@ class ConfigError(FashionCNNError):
     """A configuration that cannot work; reported as one line before any work starts."""
 
 
+class DiskFull(FashionCNNError):
+    """The disk filled up during a run; earlier checkpoints are intact (they are saved atomically)."""
+
+
 class FitParser(OneLineUsage, LightningArgumentParser):
     """LightningCLI's parser with the project's one-line usage errors."""
 
 
 class FashionCLI(LightningCLI):
-    """LightningCLI with the project's defaults and its checkpoint policy."""
+    """LightningCLI with the project's defaults, its checkpoint policy and its run directories."""
+
+    new_run: Path | None = None  # the version_N directory this process reserved for a new run
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -54,6 +63,21 @@ class FashionCLI(LightningCLI):
             _check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
         if self.config.ckpt_path:
             self._resume_into_its_run()
+        if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
+            self.new_run = reserve_run_dir(Path(logger.init_args.save_dir) / logger.init_args.name)
+            logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            self.release_new_run()
+            raise
+
+    def release_new_run(self) -> None:
+        """Remove the reserved run directory if nothing was written into it (the run failed before starting)."""
+        if self.new_run is not None and self.new_run.is_dir() and not any(self.new_run.iterdir()):
+            self.new_run.rmdir()
 
     def _resume_into_its_run(self) -> None:
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
@@ -61,7 +85,10 @@ class FashionCLI(LightningCLI):
         logger = self.config.trainer.logger
         log_root = Path(logger.init_args.save_dir) / logger.init_args.name if _is_tensorboard(logger) else None
         path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs")
-        step = checkpoints.read(path)["global_step"]
+        checkpoint = checkpoints.read(path)
+        net = self.config.model.net
+        checkpoints.check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
+        step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
         run = checkpoints.run_dir_of(path)
         if log_root is not None and run.parent.resolve() == log_root.resolve() and run.name.startswith("version_"):
@@ -89,6 +116,29 @@ class FashionCLI(LightningCLI):
         return ModelCheckpoint(monitor=f"{split}/acc", mode="max", save_last=True,
                                filename=f"best-epoch{{epoch:02d}}-{split}_acc{{{split}/acc:.4f}}",
                                auto_insert_metric_name=False)
+
+
+def reserve_run_dir(log_root: Path) -> Path:
+    """Create the next ``version_N`` directory under ``log_root`` and return it.
+
+    Lightning picks the next version by listing the directory, so two runs started at the same moment could pick
+    the same one; creating it here with an exclusive ``mkdir`` (and trying the next number if another process won)
+    gives every run its own.
+    """
+    log_root.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(m.group(1)) for p in log_root.iterdir() if (m := checkpoints.RUN_DIR.fullmatch(p.name))]
+        run_dir = log_root / f"version_{max(taken, default=-1) + 1}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+
+
+def _is_launching_process() -> bool:
+    """True unless this is a DDP worker of rank > 0, or the first process of node > 0: those log nothing."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _check_writable(log_root: Path) -> None:
@@ -144,16 +194,40 @@ def _fit_and_test(argv: list[str] | None) -> int:
             parser_class=FitParser,
             parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
         )
-        trainer = cli.trainer
+    except MisconfigurationException as err:  # Lightning's word for a Trainer setting that cannot work here
+        raise ConfigError(str(err)) from None
+    trainer = cli.trainer
+    try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:
             return INTERRUPTED
         checkpoint = trainer.checkpoint_callback  # no best one (no checkpointing, or no epoch evaluated): final weights
         best = "best" if checkpoint is not None and checkpoint.best_model_path else None
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
-    except MisconfigurationException as err:  # Lightning's word for a Trainer setting that cannot work here
-        raise ConfigError(str(err)) from None
+    except SIGTERMException:
+        # Lightning stops at the next step and exits 0 by default; a scheduler must not take that as done.
+        print(f"{PROG}: stopped by SIGTERM; {_where_to_resume(trainer)}", file=sys.stderr)
+        return TERMINATED
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(f"no space left on the device while writing {err.filename or 'the run'}; free some space, "
+                       f"then {_where_to_resume(trainer)}") from None
+    except BaseException:
+        cli.release_new_run()
+        raise
     return 0
+
+
+def _where_to_resume(trainer) -> str:
+    """How to continue a stopped run: from its last complete checkpoint, or from the start if it has none."""
+    checkpoint = trainer.checkpoint_callback
+    last = Path(checkpoint.last_model_path) if checkpoint is not None and checkpoint.last_model_path else None
+    if last is None or not last.is_file():
+        return "it had saved no checkpoint yet: start it again"
+    epoch = checkpoints.read(last)["epoch"] + 1
+    return (f"{last} (end of epoch {epoch}) is intact: continue with the same command and --ckpt_path last "
+            f"(or --ckpt_path {last})")
 
 
 if __name__ == "__main__":

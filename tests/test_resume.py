@@ -1,16 +1,20 @@
-"""Kill a real training process mid-epoch, resume it with one command, and get the uninterrupted run's numbers."""
+"""Stop a real training process mid-epoch (SIGKILL, or SIGTERM as schedulers send), resume it with one command, and
+get the uninterrupted run's numbers; resuming with another network is one line that changes nothing."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.helpers import FIXTURE, scalars
+from fashion_cnn import fit as fit_command
+from tests.helpers import FIXTURE, SMALL, scalars, tree_digest
 
 EPOCHS = 5
 ARGS = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
@@ -29,37 +33,48 @@ def per_epoch(run: Path) -> tuple[list[float], list[float]]:
     return logged["test/acc"], logged["test/loss"]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    straight.mkdir()
-    broken.mkdir()
-    assert fit(straight).wait(timeout=300) == 0
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one is compared with."""
+    cwd = tmp_path_factory.mktemp("straight")
+    assert fit(cwd).wait(timeout=300) == 0
+    return cwd / "lightning_logs" / "version_0"
 
-    proc = fit(broken)
-    # Wait for epoch 2's summary line, then kill at once: the process is inside epoch 3.
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)])
+def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, status, straight_run, tmp_path):
+    proc = fit(tmp_path)
+    # Wait for epoch 2's summary line, then signal at once: the process is inside epoch 3.
+    output = []
     for line in proc.stdout:
+        output.append(line)
         if line.startswith("[2] "):
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             break
+    output += proc.stdout.readlines()
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    run = broken / "lightning_logs" / "version_0"
+    assert proc.returncode == status, "".join(output)
+    run = tmp_path / "lightning_logs" / "version_0"
     saved_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     assert saved_epoch < EPOCHS - 1  # it really was interrupted before the end
+    if sig == signal.SIGTERM:  # one line: what happened and how to continue
+        said = [line for line in output if "stopped by SIGTERM" in line]
+        assert len(said) == 1 and "--ckpt_path last" in said[0] and f"end of epoch {saved_epoch + 1}" in said[0]
+        assert "Traceback" not in "".join(output)
 
     config = (run / "config.yaml").read_bytes()
-    resumed = fit(broken, "--ckpt_path", "last")
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, output
-    assert not (broken / "lightning_logs" / "version_1").exists()  # the same run continued
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert not (tmp_path / "lightning_logs" / "version_1").exists()  # the same run continued
     assert (run / "config.yaml").read_bytes() == config  # still the config that reruns it from the start
 
-    want = torch.load(straight / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    want = torch.load(straight_run / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert got["epoch"] == want["epoch"]
     for key, value in want["state_dict"].items():
         assert torch.equal(got["state_dict"][key], value), key
-    acc, loss = per_epoch(straight / "lightning_logs" / "version_0")
+    acc, loss = per_epoch(straight_run)
     got_acc, got_loss = per_epoch(run)
     assert len(acc) == EPOCHS and got_acc == acc and got_loss == loss
 
@@ -74,3 +89,21 @@ def test_resume_with_no_run_or_a_bad_checkpoint_is_one_line(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1 and "truncated or not a PyTorch checkpoint" in out and "Traceback" not in out
     assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--config", "strong"], "fashion_cnn.nets.SeedCNN, but this config builds fashion_cnn.nets.StrongCNN"),
+    (["--model.net.init_args.num_classes", "5"], "fashion_cnn.nets.SeedCNN with other options than this config's"),
+])
+def test_resuming_with_another_network_is_one_line_and_writes_nothing(args, words, trained_run, tmp_path,
+                                                                      monkeypatch, capsys):
+    logs = tmp_path / "lightning_logs"
+    shutil.copytree(trained_run, logs / "version_0")
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert fit_command.main([*SMALL, *args, "--ckpt_path", "last"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and words in err, err
+    run = Path("lightning_logs", "version_0")  # as `last` names it, relative to the working directory
+    assert f"resume it with --config {run / 'config.yaml'} --ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in err
+    assert tree_digest(tmp_path) == before and sorted(p.name for p in logs.iterdir()) == ["version_0"]

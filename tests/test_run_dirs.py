@@ -1,0 +1,61 @@
+"""Runs started at the same moment in one lightning_logs/ each get their own version_N directory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+from fashion_cnn.fit import reserve_run_dir
+from tests.helpers import SMALL
+
+
+def _reserve(log_root: Path, barrier, results) -> None:
+    barrier.wait()  # all at once: the moment two listings of the directory would agree
+    results.put(reserve_run_dir(log_root).name)
+
+
+def test_processes_reserving_at_once_never_share_a_directory(tmp_path):
+    n = 8
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_reserve, args=(tmp_path / "lightning_logs", barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    names = sorted(results.get(timeout=5) for _ in range(n))
+    assert names == sorted(f"version_{i}" for i in range(n))
+
+
+def test_a_reservation_skips_past_existing_runs(tmp_path):
+    (tmp_path / "version_0").mkdir()
+    (tmp_path / "version_7").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert reserve_run_dir(tmp_path).name == "version_8"
+
+
+def test_fits_started_together_each_write_their_own_run(tmp_path):
+    cmd = [sys.executable, "-m", "fashion_cnn.fit", *SMALL, "--trainer.max_epochs", "1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    runs = sorted((tmp_path / "lightning_logs").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1", "version_2"]
+    writers = set()
+    for run in runs:  # each a whole run: its config, its checkpoints, event files of one process
+        assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        pids = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}  # ....<host>.<pid>.<n>
+        assert len(pids) == 1
+        writers |= pids
+    assert len(writers) == 3
+
+
+def test_a_run_that_fails_before_starting_leaves_no_directory(no_other_copies, tmp_path, monkeypatch):
+    from fashion_cnn import fit
+
+    monkeypatch.chdir(tmp_path)
+    assert fit.main([*SMALL, "--data.data_dir", str(tmp_path / "nowhere"), "--data.download", "false"]) == 1
+    assert list((tmp_path / "lightning_logs").iterdir()) == []
