@@ -21,6 +21,9 @@ from fashion_cnn.data_files import CLASSES
 PROG = "python -m fashion_cnn.predict"
 SIZE = 28
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# Larger images are shrunk to this on the longer side before anything else: the result is only 28x28, and the copies
+# that the later steps make are then small. 8x the result's size, so the final shrinking still averages 8x8 pixels.
+WORK_SIZE = 8 * SIZE
 
 
 class ImageReadError(ValueError):
@@ -33,9 +36,15 @@ def prepare(image: Image.Image) -> torch.Tensor:
     Grayscale; inverted when the border is lighter than the centre (the usual dark-on-light photo), since the
     training images are light objects on black; contrast stretched to 0..255 (the training images span it);
     shrunk so the longer side is 28 and centred on black, keeping the aspect ratio.
+
+    Takes the modes Pillow reads PNG and JPEG files in; a :class:`ValueError` for others (32-bit integer or float
+    pixels have no known range to make 8-bit).
     """
+    image = _eight_bit(image)
+    if max(image.size) > WORK_SIZE:  # see WORK_SIZE; RGBA and LA are premultiplied by Pillow, so edges stay right
+        image = image.resize(_fitted(image.size, WORK_SIZE), Image.Resampling.BOX)
     image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways with an EXIF rotation
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA"):
         # A transparent background is the backdrop of a cut-out product photo: make it white like a photo's.
         backdrop = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(backdrop, image.convert("RGBA"))
@@ -44,13 +53,31 @@ def prepare(image: Image.Image) -> torch.Tensor:
     if _border_mean(pixels) > _centre_mean(pixels):
         gray = ImageOps.invert(gray)
     gray = ImageOps.autocontrast(gray)
-    scale = SIZE / max(gray.size)
-    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+    size = _fitted(gray.size, SIZE)
     # Area averaging when shrinking, like a camera sensor; smooth interpolation when enlarging small images.
-    gray = gray.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC)
+    gray = gray.resize(size, Image.Resampling.BOX if max(gray.size) > SIZE else Image.Resampling.BICUBIC)
     canvas = Image.new("L", (SIZE, SIZE), 0)
     canvas.paste(gray, ((SIZE - size[0]) // 2, (SIZE - size[1]) // 2))
     return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(SIZE, SIZE).clone()
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` in a mode that Pillow can shrink with area averaging and make grayscale: L, LA, RGB, RGBA or CMYK."""
+    if image.mode == "I;16":  # 16-bit grayscale PNG: Image.convert would clip everything above 255 to white
+        return image.point(lambda v: v / 256, "L")
+    if image.mode in ("P", "PA"):  # palette indices cannot be averaged
+        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "L")
+    if image.mode == "1":  # Pillow resizes 1-bit images without averaging
+        return image.convert("L")
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        raise ValueError(f"pixel mode {image.mode} cannot be made 8-bit grayscale")
+    return image
+
+
+def _fitted(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """``size`` scaled so its longer side is ``longest``, keeping the aspect ratio (at least 1 pixel each way)."""
+    scale = longest / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _border_mean(pixels: torch.Tensor) -> float:

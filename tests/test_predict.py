@@ -1,5 +1,5 @@
 """``python -m fashion_cnn.predict`` on image files made from the fixture: as saved, inverted (dark on light),
-in colour, enlarged; plus files that are not images."""
+in colour, enlarged, 16-bit; plus files that are not images."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ VARIANTS = {
     "colour": lambda a: Image.merge("RGB", [Image.fromarray((a * f).astype("uint8")) for f in (1.0, 0.6, 0.3)]),
     "enlarged": lambda a: Image.fromarray(a).resize((84, 84), Image.Resampling.NEAREST),
     "inverted_colour_jpeg": lambda a: Image.fromarray(255 - a).convert("RGB").resize((120, 120)),
+    "sixteen_bit": lambda a: Image.fromarray(a.astype("uint16") * 257),  # mode I;16, as Pillow reads such a PNG
 }
 
 
@@ -82,6 +83,12 @@ def test_bad_files_are_one_line_each_and_the_others_still_predicted(trained_run,
     assert "notes.png: not an image" in errors[0] and "cut.png" in errors[1] and "missing.png" in errors[2]
     assert "Traceback" not in captured.err
     assert captured.out.startswith(f"{good}: ") and captured.out.count("%") == 3  # the default top 3
+
+
+def test_prepare_refuses_modes_without_a_known_range():
+    for mode in ("I", "F"):
+        with pytest.raises(ValueError, match=f"pixel mode {mode} cannot be made 8-bit grayscale"):
+            predict.prepare(Image.new(mode, (28, 28)))
 
 
 def test_usage_errors_exit_2(capsys):
