@@ -1,14 +1,25 @@
 """Classify your own images: ``python -m fashion_cnn.predict --ckpt_path PATH|best|last IMAGE_OR_DIR [...]``.
 
-Any PNG/JPEG (any size, colour or grayscale) is turned into what the network was trained on: a 28x28 grayscale
-image of a light object on a black background. A file that cannot be read is reported on one line and skipped;
-the exit status is then 1.
+Any PNG/JPEG (any size up to :data:`MAX_PIXELS`, colour or grayscale) is turned into what the network was trained
+on: a 28x28 grayscale image of a light object on a black background. A file that cannot be read safely (not a
+PNG/JPEG, truncated or corrupt data, too many pixels) is reported on one line and skipped; the exit status is then 1.
+
+Memory: a file's size is checked from its header, before any pixel is decoded: at most :data:`MAX_PIXELS` (50
+million) pixels and :data:`MAX_SIDE` (65,535) a side. A JPEG is decoded at 1/2, 1/4 or 1/8 scale when that still
+leaves :data:`WORK_SIZE` pixels on the longer side; a PNG is decoded in full. Whatever was decoded is shrunk to
+:data:`WORK_SIZE` on the longer side first, so the steps after it work on a small image. Until then at most ~9
+bytes per pixel of the file are held (the worst cases: a transparent palette or RGBA PNG, decoded at 4 bytes a
+pixel plus the premultiplied copy the shrinking makes; a progressive CMYK JPEG, whose decoder keeps 8 bytes of
+coefficients a pixel), plus at most 1 MB of decoder rows: so at most ~450 MB per image, and a few MB for a typical
+phone photo (a baseline JPEG). Files are read one at a time and only their 28x28 results (784 bytes each) are
+kept, then classified in chunks of 1000, so the bound holds for a whole directory too.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +33,22 @@ from fashion_cnn.errors import FashionCNNError
 PROG = "python -m fashion_cnn.predict"
 SIZE = 28
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# Only these decoders run, whatever a file is called: fewer decoders to trust with untrusted files, and Pillow's EPS
+# one would start Ghostscript on a renamed file.
+FORMATS = ("PNG", "JPEG")
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # how PNG and JPEG files begin
+# The most pixels (width x height) a file may have. Our own limit, so Pillow's global MAX_IMAGE_PIXELS (89.5 million,
+# a warning; an error above twice that) stays as other code set it: 50 million lets a 50-megapixel phone photo
+# (8160x6120) through and bounds one image's memory to ~450 MB (see the module docstring).
+MAX_PIXELS = 50_000_000
+# The longest side a file may have: JPEG's own maximum. The PNG decoder keeps two rows of up to 8 bytes a pixel, so
+# this keeps them under 1 MB; a 50-million-pixel single row would need 800 MB more (or fail inside Pillow).
+MAX_SIDE = 65_535
+# Larger images are shrunk to this on the longer side before anything else: the result is only 28x28, and the copies
+# that the later steps make are then small. 8x the result's size, so the final shrinking still averages 8x8 pixels.
+WORK_SIZE = 8 * SIZE
+# What to do when a PNG/JPEG cannot be read.
+RESAVE = "check that it is a complete, readable PNG or JPEG (re-save or re-download it)"
 
 
 class ImageReadError(FashionCNNError):
@@ -34,9 +61,15 @@ def prepare(image: Image.Image) -> torch.Tensor:
     Grayscale; inverted when the border is lighter than the centre (the usual dark-on-light photo), since the
     training images are light objects on black; contrast stretched to 0..255 (the training images span it);
     shrunk so the longer side is 28 and centred on black, keeping the aspect ratio.
+
+    Takes the modes Pillow reads PNG and JPEG files in; a :class:`ValueError` for others (32-bit integer or float
+    pixels have no known range to make 8-bit).
     """
+    image = _eight_bit(image)
+    if max(image.size) > WORK_SIZE:  # see WORK_SIZE; RGBA and LA are premultiplied by Pillow, so edges stay right
+        image = image.resize(_fitted(image.size, WORK_SIZE), Image.Resampling.BOX)
     image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways with an EXIF rotation
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA"):
         # A transparent background is the backdrop of a cut-out product photo: make it white like a photo's.
         backdrop = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(backdrop, image.convert("RGBA"))
@@ -45,13 +78,31 @@ def prepare(image: Image.Image) -> torch.Tensor:
     if _border_mean(pixels) > _centre_mean(pixels):
         gray = ImageOps.invert(gray)
     gray = ImageOps.autocontrast(gray)
-    scale = SIZE / max(gray.size)
-    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+    size = _fitted(gray.size, SIZE)
     # Area averaging when shrinking, like a camera sensor; smooth interpolation when enlarging small images.
-    gray = gray.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC)
+    gray = gray.resize(size, Image.Resampling.BOX if max(gray.size) > SIZE else Image.Resampling.BICUBIC)
     canvas = Image.new("L", (SIZE, SIZE), 0)
     canvas.paste(gray, ((SIZE - size[0]) // 2, (SIZE - size[1]) // 2))
     return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(SIZE, SIZE).clone()
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` in a mode that Pillow can shrink with area averaging and make grayscale: L, LA, RGB, RGBA or CMYK."""
+    if image.mode == "I;16":  # 16-bit grayscale PNG: Image.convert would clip everything above 255 to white
+        return image.point(lambda v: v / 256, "L")
+    if image.mode in ("P", "PA"):  # palette indices cannot be averaged
+        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "L")
+    if image.mode == "1":  # Pillow resizes 1-bit images without averaging
+        return image.convert("L")
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        raise ValueError(f"pixel mode {image.mode} cannot be made 8-bit grayscale")
+    return image
+
+
+def _fitted(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """``size`` scaled so its longer side is ``longest``, keeping the aspect ratio (at least 1 pixel each way)."""
+    scale = longest / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _border_mean(pixels: torch.Tensor) -> float:
@@ -69,15 +120,41 @@ def _centre_mean(pixels: torch.Tensor) -> float:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """:func:`prepare` of the image file at ``path``; :class:`ImageReadError` if it is not a readable image."""
+    """:func:`prepare` of the PNG/JPEG file at ``path``; :class:`ImageReadError` if it cannot be read safely.
+
+    Pillow's decompression-bomb warning counts as an error too, so a file never prints more than its one line.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return prepare(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's other warnings (e.g. "malformed MPO file, it will be interpreted as a base JPEG file") say
+            # that it fell back to reading the main image, which is what is classified: nothing to act on.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            with Image.open(path, formats=FORMATS) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:  # from the header: nothing decoded
+                    raise _too_large(path, f"{width}x{height} pixels")
+                # JPEG only: decode at a smaller scale, and colour as grayscale (the luma that convert("L") computes)
+                image.draft("L", _fitted(image.size, WORK_SIZE))
+                image.load()
+                return prepare(image)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own check, at a higher count
+        raise _too_large(path, f"over {Image.MAX_IMAGE_PIXELS:,} pixels") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image (PNG or JPEG expected)") from None
-    except (OSError, ValueError, SyntaxError) as err:  # truncated/corrupt data, unreadable file, a directory, ...
-        raise ImageReadError(f"{path}: cannot read the image ({' '.join(str(err).split())})") from None
+        with path.open("rb") as file:
+            damaged = file.read(8).startswith(SIGNATURES)
+        problem = (f"cannot read the image (its header is cut short or damaged); {RESAVE}" if damaged
+                   else "not a PNG or JPEG image; give PNG or JPEG files (convert others first)")
+        raise ImageReadError(f"{path}: {problem}") from None
+    except (OSError, ValueError, SyntaxError) as err:  # truncated/corrupt data, an unreadable file, ...
+        raise ImageReadError(f"{path}: cannot read the image ({' '.join(str(err).split())}); {RESAVE}") from None
+
+
+def _too_large(path: Path, size: str) -> ImageReadError:
+    return ImageReadError(f"{path}: too large to decode safely ({size}; the limits are {MAX_PIXELS:,} pixels and "
+                          f"{MAX_SIDE:,} a side); shrink the image and try again")
 
 
 def expand(inputs: list[str]) -> list[tuple[Path, str | None]]:
