@@ -49,6 +49,7 @@ class FashionCLI(LightningCLI):
     """LightningCLI with the project's defaults, its checkpoint policy and its run directories."""
 
     new_run: Path | None = None  # the version_N directory this process reserved for a new run
+    new_root: Path | None = None  # its parent, when this process created that too
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -64,7 +65,9 @@ class FashionCLI(LightningCLI):
         if self.config.ckpt_path:
             self._resume_into_its_run()
         if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
-            self.new_run = reserve_run_dir(Path(logger.init_args.save_dir) / logger.init_args.name)
+            log_root = Path(logger.init_args.save_dir) / logger.init_args.name
+            self.new_root = None if log_root.exists() else log_root
+            self.new_run = reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
 
     def instantiate_classes(self) -> None:
@@ -75,9 +78,11 @@ class FashionCLI(LightningCLI):
             raise
 
     def release_new_run(self) -> None:
-        """Remove the reserved run directory if nothing was written into it (the run failed before starting)."""
-        if self.new_run is not None and self.new_run.is_dir() and not any(self.new_run.iterdir()):
-            self.new_run.rmdir()
+        """Remove the reserved run directory (and the log directory, if this process made it) while nothing was
+        written into it: a run that failed before starting leaves nothing behind."""
+        for made in (self.new_run, self.new_root):
+            if made is not None and made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
 
     def _resume_into_its_run(self) -> None:
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep

@@ -57,5 +57,9 @@ def test_a_run_that_fails_before_starting_leaves_no_directory(no_other_copies, t
     from fashion_cnn import fit
 
     monkeypatch.chdir(tmp_path)
-    assert fit.main([*SMALL, "--data.data_dir", str(tmp_path / "nowhere"), "--data.download", "false"]) == 1
-    assert list((tmp_path / "lightning_logs").iterdir()) == []
+    failing = [*SMALL, "--data.data_dir", str(tmp_path / "nowhere"), "--data.download", "false"]
+    assert fit.main(failing) == 1
+    assert not (tmp_path / "lightning_logs").exists()
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)  # an earlier run's directory stays as it was
+    assert fit.main(failing) == 1
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
