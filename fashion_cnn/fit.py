@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     # jsonargparse leaves its parser in a ContextVar, and the parser keeps the CLI alive, with its trainer, model
     # and data: in a copied context, all of that is dropped when the run returns. Lightning's objects refer to
     # each other in cycles, so collect them at once: the memory then goes back before the interpreter's shutdown,
-    # which is when this torch build's RSS peaks (it touches ~125 MB of library pages on the way out).
+    # which is when a process that imported torch reaches its peak RSS (docs/performance.md).
     try:
         return contextvars.copy_context().run(run, PROG, partial(_fit_and_test, argv))
     finally:
