@@ -11,7 +11,7 @@ RUN      ?=
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test test-slow tensorboard report bench bench-fast lint clean
+.PHONY: help setup data train test test-slow test-floors tensorboard report bench bench-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,15 @@ test: setup ## Run the test suite (fast, offline, CPU)
 
 test-slow: setup ## Run only the long tests (full-data training)
 	$(PY) -m pytest -q -m slow
+
+FLOORS := .venv-floors
+test-floors: $(FLOORS)/.installed ## Run the tests against the lowest dependency versions pyproject allows
+	$(FLOORS)/bin/python -m pytest -q
+
+$(FLOORS)/.installed: pyproject.toml requirements/floors.txt
+	@test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -c requirements/floors.txt
+	@touch $@
 
 tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
 	@echo "TensorBoard: open http://localhost:$(PORT)/"
