@@ -69,6 +69,6 @@ bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the
 lint: setup ## Check the code with ruff
 	$(VENV)/bin/ruff check .
 
-clean: ## Remove the virtualenv and caches (keeps lightning_logs/ and data/)
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+clean: ## Remove the virtualenvs and caches (keeps lightning_logs/ and data/)
+	rm -rf $(VENV) $(FLOORS) *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
