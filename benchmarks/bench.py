@@ -15,15 +15,21 @@ that test accuracy, timed from its process's start.
 - floor:    the same SGD steps on normalised tensors already in memory; no framework, no logging.
 - floor_cl: the floor with the network in channels-last memory format (what the seed config uses).
 - project:  ``python -m fashion_cnn.fit --config seed`` (Lightning, torchmetrics, TensorBoard, checkpoints).
+
+The JSON file also records what a citation needs: when, the command line, the commit, versions, CPUs and load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
+from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks.turns import Worker
@@ -97,6 +103,23 @@ def run_one_by_one(names: list[str], epochs: int, config: str, target: float, da
     return results
 
 
+def git(*args: str) -> str | None:
+    """A git command's output in ROOT, or None outside a git checkout."""
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def circumstances() -> dict:
+    """What a citation of this run needs besides its figures (the load average is the whole machine's)."""
+    # Versions come from the packages' metadata, not from importing them: the peak RSS wait4 reports for a worker
+    # is at least this process's own at the fork, so the driver must stay small.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return {"started": datetime.now().astimezone().isoformat(timespec="seconds"), "argv": sys.orig_argv,
+            "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+            "python": sys.version.split()[0], "torch": version("torch"), "lightning": version("lightning"),
+            "cpu_count": os.cpu_count(), "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
 def print_ratios(results: dict[str, dict]) -> dict[str, dict]:
     """The project's paired time ratio and peak-RSS ratio to each other variant, printed and returned."""
     ratios = {}
@@ -137,10 +160,14 @@ def main() -> None:
     if unknown := set(names) - set(VARIANTS):
         parser.error(f"unknown variants {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
 
+    run = circumstances()
+    print(f"load average at start: {run['load_average_start']}", flush=True)
     if args.target is None:
         results = run_in_turns(names, args.epochs, args.config, data_dir)
     else:
         results = run_one_by_one(names, args.epochs, args.config, args.target, data_dir)
+    run |= {"finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     for name, r in results.items():
         print(f"  {name:<9} {r['seconds_per_epoch']:6.2f} s/epoch   peak RSS {r['peak_rss_gb']:.2f} GB   "
               f"test acc {r['epochs'][-1]['acc']:.4f}", flush=True)
@@ -149,8 +176,9 @@ def main() -> None:
         comparison = {"project_ratios": print_ratios(results)}
     else:
         comparison = {"project_over_notebook_time_to_target": print_times_to_target(results, args.target)}
+    print(f"load average at end: {run['load_average_end']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    record = {"args": vars(args) | {"json": str(args.json)}, "results": results} | comparison
+    record = {"run": run, "args": vars(args) | {"json": str(args.json)}, "results": results} | comparison
     args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {args.json}")
 

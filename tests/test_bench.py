@@ -1,9 +1,10 @@
-"""The benchmark's machinery, without its long runs: the report line, turn-taking, pairing and the
-project's callback."""
+"""The benchmark's machinery, without its long runs: the report line, turn-taking, pairing, the project's
+callback and what each JSON result records."""
 
 from __future__ import annotations
 
 import io
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import workers
-from benchmarks.bench import command, paired_ratio, summary
+from benchmarks.bench import circumstances, command, paired_ratio, summary
 from benchmarks.callback import BenchWorker
 from benchmarks.turns import READY, Worker, read_report, report, wait_for_turn
 from fashion_cnn import fit
@@ -147,3 +148,10 @@ def test_a_real_project_run_prints_a_bench_line_per_epoch(tmp_path, monkeypatch,
     reports = [r for line in capsys.readouterr().out.splitlines() if (r := read_report(line))]
     assert [r["epoch"] for r in reports] == [1, 2] and all(0 <= r["acc"] <= 1 for r in reports)
 
+
+def test_a_result_records_what_a_citation_needs():
+    run = circumstances()
+    assert re.fullmatch(r"[0-9a-f]{40}", run["git_commit"]) and isinstance(run["git_dirty"], bool)
+    assert run["argv"] == sys.orig_argv and torch.__version__.startswith(run["torch"])
+    assert run["cpu_count"] >= 1 and len(run["load_average_start"]) == 3
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", run["started"])
