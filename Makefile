@@ -60,10 +60,10 @@ report: setup ## Draw a run's learning curves next to the notebook's into docs/l
 	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN))
 
 bench: data ## Seconds per epoch side by side: the notebook's loop, the bare floor, the project (ratios, JSON)
-	$(PY) benchmarks/bench.py --data_dir $(DATA_DIR) $(ARGS)
+	$(PY) -m benchmarks.bench --data_dir $(DATA_DIR) $(ARGS)
 
 bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the fast config
-	$(PY) benchmarks/bench.py --time-to 0.885 --variants notebook,project --config fast --epochs 40 --data_dir $(DATA_DIR) \
+	$(PY) -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast --epochs 40 --data_dir $(DATA_DIR) \
 	  --json benchmarks/results/bench_fast.json $(ARGS)
 
 lint: setup ## Check the code with ruff
