@@ -25,7 +25,7 @@ def notebook(epochs: int, target: float | None, data_dir: str) -> None:
     import torch.optim as optim
     from torchvision import datasets, transforms
 
-    from fashion_cnn.data_files import SPLITS, file_name, locate
+    from fashion_cnn.data_files import FILE_SPLITS, file_name, locate
 
     torch.manual_seed(0)
     # torchvision's class reads decompressed files from root/FashionMNIST/raw; give it the real ones.
@@ -33,7 +33,7 @@ def notebook(epochs: int, target: float | None, data_dir: str) -> None:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     source = locate(data_dir, allow_download=False)
-    for split in SPLITS:
+    for split in FILE_SPLITS:
         for kind in ("images", "labels"):
             name = file_name(split, kind)
             gz = source / f"{name}.gz"
