@@ -31,6 +31,7 @@ from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.module import TrainingDiverged
 
 PROG = "python -m fashion_cnn.study"
+SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
 DEFINITION = "definition"  # the study's user attribute that says what it is (study_file.Study.definition)
 
 
@@ -40,6 +41,7 @@ class StudyError(FashionCNNError):
 
 def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; a problem reaching it is one line, before any work."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
@@ -100,6 +102,9 @@ def objective(spec: study_file.Study, study_dir: Path):
     from optuna_integration import PyTorchLightningPruningCallback
 
     def run_trial(trial: optuna.Trial) -> float:
+        if _is_spare(spec, trial):
+            trial.set_user_attr(SPARE, True)
+            raise optuna.TrialPruned("another worker took the last trial")
         if spec.is_search:
             params = {k: suggest(trial, k, d) for k, d in spec.space.items()}
         else:
@@ -115,7 +120,7 @@ def objective(spec: study_file.Study, study_dir: Path):
         print(f"{PROG}: trial {trial.number}: {params}", flush=True)
         result = fit.train(argv, callbacks=callbacks)
         if result.status != 0:  # Ctrl-C or SIGTERM: retried (from its last.ckpt) when the study runs again
-            RetryFailedTrialCallback(max_retry=3)(trial.study, trial.study._storage.get_trial(trial._trial_id))
+            RetryFailedTrialCallback(max_retry=3)(trial.study, _frozen(trial))
             raise KeyboardInterrupt
         trial.set_user_attr("wall_s", result.wall_s)
         for key in ("final/test_acc", "best/val/acc", "val/acc"):
@@ -138,7 +143,7 @@ def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribut
 
 
 def _last_checkpoint_of_retried(trial: optuna.Trial) -> Path | None:
-    number = RetryFailedTrialCallback.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
+    number = RetryFailedTrialCallback.retried_trial_number(_frozen(trial))
     if number is None:
         return None
     run_dir = trial.study.trials[number].user_attrs.get("run_dir")
@@ -146,9 +151,28 @@ def _last_checkpoint_of_retried(trial: optuna.Trial) -> Path | None:
     return last if last is not None and last.is_file() else None
 
 
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The trial as stored, system attributes included (Optuna 5's Trial no longer shows them)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def _is_spare(spec: study_file.Study, trial: optuna.Trial) -> bool:
+    """Whether this trial is one too many: workers decide to start a trial at the same moment, so one may get a
+    fresh trial where there was none left to run. Trial numbers are given out atomically: a new trial runs only
+    if fewer than ``trials`` new trials came before it; a repeat runs only the seeds enqueued for it (and retries).
+    """
+    if "fixed_params" in _frozen(trial).system_attrs:  # an enqueued seed, or a retry
+        return False
+    if not spec.is_search:
+        return True
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+    return sum(not t.user_attrs.get(SPARE) and "failed_trial" not in t.system_attrs for t in earlier) >= spec.trials
+
+
 def progress(spec: study_file.Study, study: optuna.Study) -> tuple[int, int, int]:
     """(finished, running, waiting) trials; a failed trial that was retried is not counted."""
     trials = study.get_trials(deepcopy=False)
+    trials = [t for t in trials if not t.user_attrs.get(SPARE)]
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     finished = sum(t.state.is_finished() and t.number not in retried for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -172,7 +196,6 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
     p = commands.parser("study", "Run a study file: repeated seeds or a search (Optuna); resumable, shareable.")
     p.add_argument("study_file", help="a study YAML file (see studies/)")
     p.add_argument("--dir", help="the study's directory (default: lightning_logs/studies/<name>)")

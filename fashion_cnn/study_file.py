@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,9 @@ def check_fit_args(study: Study, bad) -> None:
               for k, d in study.space.items()}
     argv = fit.resolve_config_names(study.fit_args(params or {"seed": study.seeds[0]}))
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             fit.FashionCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False,
                            args=[*argv, "--print_config"], parser_class=_CheckParser,
                            parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
