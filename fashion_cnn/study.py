@@ -50,11 +50,33 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
             if not path.parent.is_dir():
                 raise OSError(f"{path.parent} is not a directory")
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        sqlite = url.startswith("sqlite")
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat, heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        if sqlite:
+            _serialize_sqlite(storage.engine)
+        return storage
     except Exception as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise StudyError(f"cannot reach the storage {url}: {first.strip()}") from None
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``. Python's sqlite3 driver runs a transaction's reads
+    before its ``BEGIN``, so two processes could both read a waiting trial and both start it (seen here with two
+    workers); with the write lock taken first, the second sees the first's update (SQLAlchemy's documented fix)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, connection_record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners: replaced by ones that have them
 
 
 def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage, create: bool) -> optuna.Study:
@@ -85,6 +107,14 @@ def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage, cre
         raise StudyError(f"the study name {spec.name} is already used by a study with another base config, space or "
                          f"seeds; give this one another name (name: in {spec.path}) or another --dir/--storage")
     return study
+
+
+class Stopped(KeyboardInterrupt):
+    """A trial's fit was stopped (Ctrl-C: 130, SIGTERM: 143); the study stops with the same status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"stopped with status {status}")
+        self.status = status
 
 
 class RecordRun(L.Callback):
@@ -121,7 +151,7 @@ def objective(spec: study_file.Study, study_dir: Path):
         result = fit.train(argv, callbacks=callbacks)
         if result.status != 0:  # Ctrl-C or SIGTERM: retried (from its last.ckpt) when the study runs again
             RetryFailedTrialCallback(max_retry=3)(trial.study, _frozen(trial))
-            raise KeyboardInterrupt
+            raise Stopped(result.status)
         trial.set_user_attr("wall_s", result.wall_s)
         for key in ("final/test_acc", "best/val/acc", "val/acc"):
             if key in result.metrics:
@@ -229,7 +259,11 @@ def _run(args, argv: list[str]) -> int:
     storage = open_storage(url, args.heartbeat)  # a server that cannot be reached: refused here, before any run
     study = open_study(spec, storage, create=True)
     if args.worker or args.workers == 1:
-        work(spec, study, study_dir, args.heartbeat)
+        try:
+            work(spec, study, study_dir, args.heartbeat)
+        except Stopped as stopped:
+            print(f"{PROG}: stopped; run the same command again to continue (the trial resumes)", file=sys.stderr)
+            return stopped.status
     else:
         status = _spawn_workers(args, argv)
         if status:

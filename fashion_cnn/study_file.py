@@ -194,7 +194,7 @@ def _distribution(key: str, spec: Any, bad) -> optuna.distributions.BaseDistribu
     return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
 
 
-class _Refused(Exception):
+class _Refused(FashionCNNError):
     pass
 
 
