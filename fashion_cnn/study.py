@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import optuna
 import yaml
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from fashion_cnn import commands, fit, study_file
@@ -53,7 +53,7 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
         sqlite = url.startswith("sqlite")
         storage = optuna.storages.RDBStorage(
             url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat, heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3))
+            grace_period=3 * heartbeat, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         if sqlite:
             _serialize_sqlite(storage.engine)
         return storage
@@ -150,7 +150,7 @@ def objective(spec: study_file.Study, study_dir: Path):
         print(f"{PROG}: trial {trial.number}: {params}", flush=True)
         result = fit.train(argv, callbacks=callbacks)
         if result.status != 0:  # Ctrl-C or SIGTERM: retried (from its last.ckpt) when the study runs again
-            RetryFailedTrialCallback(max_retry=3)(trial.study, _frozen(trial))
+            RetryHeartbeatStaleTrialCallback(max_retry=3)(trial.study, _frozen(trial))
             raise Stopped(result.status)
         trial.set_user_attr("wall_s", result.wall_s)
         for key in ("final/test_acc", "best/val/acc", "val/acc"):
@@ -173,9 +173,10 @@ def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribut
 
 
 def _last_checkpoint_of_retried(trial: optuna.Trial) -> Path | None:
-    number = RetryFailedTrialCallback.retried_trial_number(_frozen(trial))
-    if number is None:
+    history = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
+    if not history:
         return None
+    number = history[-1]  # the attempt that died last: its run directory holds the newest last.ckpt
     run_dir = trial.study.trials[number].user_attrs.get("run_dir")
     last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
     return last if last is not None and last.is_file() else None
@@ -203,7 +204,7 @@ def progress(spec: study_file.Study, study: optuna.Study) -> tuple[int, int, int
     """(finished, running, waiting) trials; a failed trial that was retried is not counted."""
     trials = study.get_trials(deepcopy=False)
     trials = [t for t in trials if not t.user_attrs.get(SPARE)]
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     finished = sum(t.state.is_finished() and t.number not in retried for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     waiting = sum(t.state == TrialState.WAITING for t in trials)
@@ -215,7 +216,7 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
     target = spec.trials if spec.is_search else len(spec.seeds)
     run_trial = objective(spec, study_dir)
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryFailedTrialCallback)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryHeartbeatStaleTrialCallback)
         finished, running, waiting = progress(spec, study)
         if finished >= target:
             return

@@ -155,3 +155,34 @@ def test_killed_mid_trial_resumes_keeping_finished_trials(tmp_path):
     assert tree_digest(Path(first_run.user_attrs["run_dir"])) == before  # not rerun
     assert sorted(p.name for p in (study_dir / "lightning_logs").iterdir()) == ["version_0", "version_1"]
     assert len(scalars(study_dir / "lightning_logs" / "version_1")["test/acc"]) == 8  # each epoch logged once
+
+
+def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsys):
+    path = write_study(tmp_path / "prune.yaml", overrides={"trainer.max_epochs": 3}, search={
+        "trials": 4, "val_size": 100, "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        "space": {"model.lr": {"low": 0.0001, "high": 0.3, "log": True}}})
+    study_dir = tmp_path / "prune"
+    study_dir.mkdir()
+    storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
+    created = study.open_study(study_file.load(path), storage, create=True)
+    # A fixed order: a poor trial, a good one, then two poor ones the median pruner stops after their first epoch.
+    for lr in (0.0001, 0.1, 0.0001, 0.0002):
+        created.enqueue_trial({"model.lr": lr})
+    assert study.main([str(path), "--dir", str(study_dir)]) == 0
+    states = [t.state for t in trials(study_dir, "prune")]
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1 and len(states) == 4
+    pruned = next(t for t in trials(study_dir, "prune") if t.state == optuna.trial.TrialState.PRUNED)
+    assert len(scalars(Path(pruned.user_attrs["run_dir"]))["val/acc"]) < 3
+    assert "pruned run(s) not in the table" in capsys.readouterr().out
+
+
+def test_compare_any_runs(trained_run, tmp_path, capsys):
+    from fashion_cnn import compare
+
+    assert compare.main([str(trained_run), str(trained_run), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| (same config) | 1 |" in out and (tmp_path / "comparison.md").is_file()
+    assert (tmp_path / "comparison.png").stat().st_size > 0
+    assert compare.main([str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no runs" in err
