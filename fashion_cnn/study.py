@@ -79,7 +79,7 @@ def _serialize_sqlite(engine) -> None:
     engine.dispose()  # connections made before the listeners: replaced by ones that have them
 
 
-def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage, create: bool) -> optuna.Study:
+def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Create the study (the first process) or join it; refuse a name already used for another study."""
     direction = spec.direction if spec.is_search else "maximize"
     sampler = optuna.samplers.TPESampler() if spec.is_search else optuna.samplers.RandomSampler()
@@ -92,9 +92,6 @@ def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage, cre
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
     if created:
-        if not create:
-            optuna.delete_study(study_name=spec.name, storage=storage)
-            raise StudyError(f"no study {spec.name} in this storage")
         for seed in spec.seeds:  # a repeat: one waiting trial per seed, each run exactly once
             study.enqueue_trial({"seed": seed})
         study.set_user_attr(DEFINITION, spec.definition())  # last: joining processes wait for it
@@ -258,7 +255,7 @@ def _run(args, argv: list[str]) -> int:
         fit._check_writable(study_dir)
         study_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, args.heartbeat)  # a server that cannot be reached: refused here, before any run
-    study = open_study(spec, storage, create=True)
+    study = open_study(spec, storage)
     if args.worker or args.workers == 1:
         try:
             work(spec, study, study_dir, args.heartbeat)

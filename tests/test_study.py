@@ -69,7 +69,7 @@ def test_unreachable_storage_reused_name_and_bad_usage(tmp_path, capsys):
     study_dir = tmp_path / "existing"
     study_dir.mkdir()
     storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
-    study.open_study(study_file.load(repeat), storage, create=True)
+    study.open_study(study_file.load(repeat), storage)
     before = tree_digest(study_dir)
     other = write_study(tmp_path / "other.yaml", name="same", repeat={"seeds": [0, 1, 2]})
     assert study.main([str(other), "--dir", str(study_dir)]) == 1
@@ -164,7 +164,7 @@ def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsy
     study_dir = tmp_path / "prune"
     study_dir.mkdir()
     storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
-    created = study.open_study(study_file.load(path), storage, create=True)
+    created = study.open_study(study_file.load(path), storage)
     # A fixed order: a poor trial, a good one, then two poor ones the median pruner stops after their first epoch.
     for lr in (0.0001, 0.1, 0.0001, 0.0002):
         created.enqueue_trial({"model.lr": lr})
