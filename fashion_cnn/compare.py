@@ -142,7 +142,7 @@ def figure(runs: list[Run]):
     keys = differing_keys(complete)
     grouped = groups(complete, keys)
     if any(len(m) > 1 for m in grouped.values()) or not keys:  # repeats: the spread of each config over seeds
-        fig = figures._figure(1.8 + 1.6 * len(grouped), 4.2)
+        fig = figures._figure(max(5.0, 1.8 + 1.6 * len(grouped)), 4.2)
         ax = fig.add_subplot()
         for i, members in enumerate(grouped.values()):
             acc = [100 * (r.test_acc if r.test_acc is not None else r.best_val or 0) for r in members]
@@ -153,11 +153,12 @@ def figure(runs: list[Run]):
         labels = ["\n".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)) or "runs"
                   for values in grouped]
         ax.set_xticks(range(len(grouped)), labels, fontsize=7)
+        ax.set_xlim(-0.6, len(grouped) - 0.4)
         ax.set_ylabel("final test accuracy (%)")
-        ax.set_title("Spread over seeds (black: mean and 95% CI)")
+        ax.set_title("Spread over seeds (black: mean, 95% CI)", fontsize=10)
         ax.grid(alpha=0.3)
         return fig
-    fig = figures._figure(3.6 * len(keys), 3.6)
+    fig = figures._figure(max(5.0, 3.6 * len(keys)), 3.6)
     for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys, strict=True):
         for done, marker in ((True, "o"), (False, "x")):
             pts = [(r.config.get(key), 100 * r.best_val) for r in runs if r.complete == done and r.best_val]
@@ -169,7 +170,7 @@ def figure(runs: list[Run]):
         ax.set_xlabel(key)
         ax.set_ylabel("best validation accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Search: the metric against each searched parameter")
+    fig.suptitle("Search: best validation accuracy against each searched parameter", fontsize=10)
     return fig
 
 
