@@ -8,14 +8,15 @@ ARGS     ?=
 DATA_DIR ?= data
 PORT     ?= 6006
 RUN      ?=
+STUDY    ?= studies/fast_repeats.yaml
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test test-slow test-floors tensorboard report bench bench-fast lint clean
+.PHONY: help setup data train study test test-slow test-floors tensorboard report bench bench-fast lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  Variables: CONFIG=seed|fast|strong|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N"
+	@echo "  Variables: CONFIG=seed|fast|strong|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N  STUDY=studies/FILE.yaml"
 
 setup: $(STAMP) ## Create .venv and install the project (quick when already done)
 
@@ -36,6 +37,9 @@ data: setup ## Find and verify FashionMNIST; if there is no copy, install the De
 
 train: data ## Train an experiment (default: the notebook's, 40 epochs) into lightning_logs/
 	$(PY) -m fashion_cnn.fit --config $(CONFIG) --data.data_dir $(DATA_DIR) $(ARGS)
+
+study: data ## Run a study file: repeated seeds or a search (STUDY=studies/fast_search.yaml); resumable
+	$(PY) -m fashion_cnn.study $(STUDY) $(ARGS)
 
 test: setup ## Run the test suite (fast, offline, CPU)
 	$(PY) -m pytest -q

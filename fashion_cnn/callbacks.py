@@ -97,8 +97,18 @@ class HParamsSummary(L.Callback):
     """
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, {k: float(v) for k, v in trainer.callback_metrics.items()
+                                         if k.startswith("final/")})
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A model-selection run (data.test=false) has no final test: compare runs by their validation metrics.
+        dm = trainer.datamodule
+        if dm is not None and not dm.hparams.get("test", True):
+            self._write(trainer, pl_module, {k: float(v) for k, v in trainer.callback_metrics.items()
+                                             if k.startswith("val/")})
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
         logger = tensorboard_logger(trainer)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("final/")}
         if not trainer.is_global_zero or logger is None or not metrics:
             return
         params = {**_flat(dict(pl_module.hparams), "model"), "trainer.max_epochs": trainer.max_epochs}

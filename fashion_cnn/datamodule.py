@@ -78,7 +78,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation and test (does not change the metrics; on a CPU, larger batches
             hold more memory for no speed gain).
         val_size: images held out of the training set for validation (0: evaluate on the test set each epoch).
-        seed: seeds the validation split and the shuffling; epoch ``e`` is shuffled by ``(seed, e)``.
+        seed: seeds the shuffling; epoch ``e`` is shuffled by ``(seed, e)``.
+        split_seed: seeds which training images ``val_size`` holds out, apart from ``seed``: every training seed
+            (and every trial of a study) holds out the same images.
+        test: use the test set (evaluated after every epoch and at the end of fit). ``false`` for model selection
+            (``python -m fashion_cnn.study``'s searches): the test set is not even loaded, only the validation
+            split is evaluated, so ``val_size`` must be positive.
         mean: normalisation mean (default: FashionMNIST's training-set mean; the notebook used MNIST's 0.1307).
         std: normalisation std (default: FashionMNIST's training-set std; the notebook used MNIST's 0.3081).
         augment: random shift (up to ``max_shift`` pixels) and horizontal flip of training batches.
@@ -95,6 +100,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: PositiveInt = 250,
         val_size: NonNegativeInt = 0,
         seed: int = 0,
+        split_seed: int = 0,
         mean: float = MEAN,
         std: PositiveFloat = STD,
         augment: bool = False,
@@ -102,6 +108,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         verify: bool = True,
         download: bool = True,
+        test: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,29 +119,34 @@ class FashionMNISTDataModule(L.LightningDataModule):
     @property
     def eval_splits(self) -> tuple[str, ...]:
         """Names of the loaders ``val_dataloader`` returns, in order."""
+        if not self.hparams.get("test", True):
+            return ("val",)
         return ("val", "test") if self.hparams.val_size else ("test",)
 
     def prepare_data(self) -> None:
         locate(self.hparams.data_dir, allow_download=self.hparams.download)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.test_set is not None:
+        if self.train_set is not None:
             return
         hp = self.hparams
+        if not hp.test and not hp.val_size:
+            raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
         directory = locate(hp.data_dir, allow_download=hp.download)
         train_images, train_labels = load_split(directory, "train", hp.verify)
-        test_images, test_labels = load_split(directory, "test", hp.verify)
         if hp.val_size >= len(train_labels):
             raise DataError(f"val_size={hp.val_size} leaves no training images (the training set has "
                             f"{len(train_labels)}); choose a smaller data.val_size")
         device = self._data_device()
-        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(hp.seed))
+        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(hp.split_seed))
         val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
         if hp.val_size:
             self.val_set = TensorImages(train_images[val_idx].to(device), train_labels[val_idx].to(device))
             train_images, train_labels = train_images[train_idx], train_labels[train_idx]
         self.train_set = TensorImages(train_images.to(device), train_labels.to(device))
-        self.test_set = TensorImages(test_images.to(device), test_labels.to(device))
+        if hp.test:  # model selection never loads the test set
+            test_images, test_labels = load_split(directory, "test", hp.verify)
+            self.test_set = TensorImages(test_images.to(device), test_labels.to(device))
 
     def _data_device(self) -> torch.device:
         """On a GPU the whole dataset (55 MB as uint8) lives on the device: no per-batch host-to-device copy."""
@@ -160,6 +172,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return [self._loader(sets[split], self.hparams.eval_batch_size, train=False) for split in self.eval_splits]
 
     def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise DataError("data.test=false: this run does not use the test set; evaluate its checkpoint with "
+                            "`python -m fashion_cnn.evaluate --ckpt_path ...`")
         return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)
 
     def normalize(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:

@@ -20,7 +20,8 @@ from fashion_cnn.data_files import CLASSES
 WRONG, RIGHT = "#c62828", "#2e7d32"  # red / green titles: mistakes stand out at a glance
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches on an Agg canvas (what every drawing here starts from)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering always goes through Agg
     return fig
@@ -39,7 +40,7 @@ def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str], title:
     and off-diagonal confusions are visible next to a dominant diagonal."""
     cm = cm.cpu()
     share = cm.double() / cm.sum(dim=1, keepdim=True).clamp(min=1)
-    fig = _figure(7.5, 6.5)
+    fig = figure(7.5, 6.5)
     ax = fig.add_subplot()
     image = ax.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
     n = len(class_names)
@@ -64,7 +65,7 @@ def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: to
     """A grid of uint8 images [K, 28, 28]; each title is the prediction and its probability, in red with the
     true class underneath when wrong, in green when right."""
     rows = max(1, math.ceil(len(images) / columns))
-    fig = _figure(1.45 * columns, 1.6 * rows + 0.4)
+    fig = figure(1.45 * columns, 1.6 * rows + 0.4)
     for i, image in enumerate(images.cpu()):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
@@ -86,7 +87,7 @@ def learning_curves_figure(epochs: Sequence[int], loss: Sequence[float], acc: Se
                            reference: Sequence[tuple[int, float, float]], reference_label: str,
                            title: str = "") -> Figure:
     """Test loss and accuracy (%) per epoch of a run, with reference (epoch, loss, accuracy %) points over it."""
-    fig = _figure(11, 4.2)
+    fig = figure(11, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
     ref_epochs = [e for e, _, _ in reference]
     ax_loss.plot(epochs, loss, "-", marker=".", label=run_label)

@@ -13,10 +13,14 @@ import errno
 import gc
 import os
 import sys
+import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -41,6 +45,20 @@ class DiskFull(FashionCNNError):
     """The disk filled up during a run; earlier checkpoints are intact (they are saved atomically)."""
 
 
+@dataclass
+class FitResult:
+    """What one fit run left: its exit status, run directory, metrics and wall time (:func:`train` returns it).
+
+    ``metrics`` holds the last logged value of every metric (``val/acc``, ``test/acc``, ``final/test_acc``, ...) and
+    ``best/<monitor>``: the best checkpoint's score (``best/val/acc`` with a validation split).
+    """
+
+    status: int
+    run_dir: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
 class FitParser(OneLineUsage, LightningArgumentParser):
     """LightningCLI's parser with the project's one-line usage errors."""
 
@@ -50,6 +68,10 @@ class FashionCLI(LightningCLI):
 
     new_run: Path | None = None  # the version_N directory this process reserved for a new run
     new_root: Path | None = None  # its parent, when this process created that too
+
+    def __init__(self, *args, extra_callbacks: Sequence[L.Callback] = (), **kwargs) -> None:
+        self.extra_callbacks = tuple(extra_callbacks)  # added by train(callbacks=...), e.g. a study's pruning callback
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -110,6 +132,7 @@ class FashionCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if trainer.get("enable_checkpointing") is not False:
             callbacks.append(self._best_checkpoint())
+        callbacks.extend(self.extra_callbacks)
         if trainer.get("logger") is False:  # no run directory: do not write config.yaml into the working directory
             self.save_config_callback = None
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
@@ -176,17 +199,28 @@ def resolve_config_names(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train and test as the command line says; the exit status (:mod:`fashion_cnn.commands` lists them)."""
+    return run(PROG, lambda: train(argv).status)
+
+
+def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = ()) -> FitResult:
+    """One fit run, as ``python -m fashion_cnn.fit ARGV`` does it, with ``callbacks`` added to the configured ones.
+
+    Returns what it left (:class:`FitResult`); a problem with the inputs raises
+    :class:`~fashion_cnn.errors.FashionCNNError`, a usage error ``SystemExit(2)``, and an exception raised by a
+    callback (such as ``optuna.TrialPruned``) goes through to the caller.
+    """
     # jsonargparse leaves its parser in a ContextVar, and the parser keeps the CLI alive, with its trainer, model
     # and data: in a copied context, all of that is dropped when the run returns. Lightning's objects refer to
     # each other in cycles, so collect them at once: the memory then goes back before the interpreter's shutdown,
     # which is when a process that imported torch reaches its peak RSS (docs/performance.md).
     try:
-        return contextvars.copy_context().run(run, PROG, partial(_fit_and_test, argv))
+        return contextvars.copy_context().run(partial(_fit_and_test, argv, tuple(callbacks)))
     finally:
         gc.collect()
 
 
-def _fit_and_test(argv: list[str] | None) -> int:
+def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()) -> FitResult:
+    start = time.perf_counter()
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
     # argv is sys.argv with shipped config names resolved; Lightning would warn that both are given.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -198,6 +232,7 @@ def _fit_and_test(argv: list[str] | None) -> int:
             args=argv,
             parser_class=FitParser,
             parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
+            extra_callbacks=callbacks,
         )
     except MisconfigurationException as err:  # Lightning's word for a Trainer setting that cannot work here
         raise ConfigError(str(err)) from None
@@ -205,14 +240,15 @@ def _fit_and_test(argv: list[str] | None) -> int:
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:
-            return INTERRUPTED
+            return _result(INTERRUPTED, trainer, start)
         checkpoint = trainer.checkpoint_callback  # no best one (no checkpointing, or no epoch evaluated): final weights
         best = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
+        if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
+            trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     except SIGTERMException:
         # Lightning stops at the next step and exits 0 by default; a scheduler must not take that as done.
         print(f"{PROG}: stopped by SIGTERM; {_where_to_resume(trainer)}", file=sys.stderr)
-        return TERMINATED
+        return _result(TERMINATED, trainer, start)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -221,7 +257,16 @@ def _fit_and_test(argv: list[str] | None) -> int:
     except BaseException:
         cli.release_new_run()
         raise
-    return 0
+    return _result(0, trainer, start)
+
+
+def _result(status: int, trainer: L.Trainer, start: float) -> FitResult:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    log_dir = trainer.logger.log_dir if trainer.logger is not None else None
+    return FitResult(status, Path(log_dir).absolute() if log_dir else None, metrics, time.perf_counter() - start)
 
 
 def _where_to_resume(trainer) -> str:

@@ -51,12 +51,13 @@ def test_order_depends_only_on_seed_and_epoch(small_dm):
 
 
 def test_validation_split_is_seeded_and_disjoint():
-    def split(seed):
-        dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, val_size=100, seed=seed)
+    def split(split_seed, seed=0):
+        dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, val_size=100,
+                                    split_seed=split_seed, seed=seed)
         dm.setup()
         return dm
 
-    a, b, c = split(0), split(0), split(1)
+    a, b, c = split(0, seed=5), split(0), split(1)  # the training seed does not move the split; split_seed does
     assert len(a.train_set) == 412 and len(a.val_set) == 100 and a.eval_splits == ("val", "test")
     assert torch.equal(a.val_set.images, b.val_set.images) and not torch.equal(a.val_set.images, c.val_set.images)
     train_rows = {bytes(img.numpy()) for img in a.train_set.images}
@@ -108,3 +109,14 @@ def test_augmentation_only_while_training(small_dm):
     batch = small_dm.test_set.images[:16], small_dm.test_set.labels[:16]
     x, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation/prediction path
     torch.testing.assert_close(x, small_dm.normalize(batch[0]))
+
+
+def test_without_the_test_set_only_validation_is_evaluated():
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, val_size=100, test=False)
+    dm.setup()
+    assert dm.test_set is None and dm.eval_splits == ("val",) and len(dm.val_dataloader()) == 1
+    with pytest.raises(DataError, match="does not use the test set"):
+        dm.test_dataloader()
+    no_val = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, test=False)
+    with pytest.raises(DataError, match="needs a validation split"):
+        no_val.setup()

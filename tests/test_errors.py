@@ -42,7 +42,7 @@ def test_other_exceptions_are_bugs_and_are_not_hidden():
         commands.run("python -m fashion_cnn.x", body)
 
 
-@pytest.mark.parametrize("module", ["data_files", "evaluate", "predict", "export", "report", "fit"])
+@pytest.mark.parametrize("module", ["data_files", "evaluate", "predict", "export", "report", "fit", "study", "compare"])
 def test_every_command_reports_a_usage_error_in_the_same_one_line_format(module, capsys):
     main = importlib.import_module(f"fashion_cnn.{module}").main
     with pytest.raises(SystemExit) as exit_:

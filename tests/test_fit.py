@@ -157,3 +157,30 @@ def test_log_directory_that_cannot_be_written(workdir, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "cannot write runs to logs_here/runs/lightning_logs" in err and "Traceback" not in err
     assert (workdir / "logs_here").read_text() == "a file, not a directory"
+
+
+def test_train_returns_the_run_and_never_reads_the_test_set_for_model_selection(workdir, monkeypatch):
+    """fit.train (what a study calls): with data.test=false only the validation split is evaluated, per epoch and
+    at the end; it returns the run directory, the metrics (with the best checkpoint's score) and the wall time."""
+    from lightning.pytorch.callbacks import Callback
+
+    from fashion_cnn import data_files
+
+    read = []
+    real_load = data_files.load_split
+    monkeypatch.setattr("fashion_cnn.datamodule.load_split",
+                        lambda d, split, v: read.append(split) or real_load(d, split, v))
+
+    class Seen(Callback):
+        epochs = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            Seen.epochs += 1
+
+    result = fit.train([*SMALL, "--trainer.max_epochs", "2", "--data.val_size", "100", "--data.test", "false"],
+                       callbacks=[Seen()])
+    assert result.status == 0 and result.run_dir == workdir / "lightning_logs" / "version_0" and Seen.epochs == 2
+    assert read == ["train"] and result.wall_s > 0
+    assert "val/acc" in result.metrics and "best/val/acc" in result.metrics
+    assert not any(k.startswith(("test/", "final/")) for k in result.metrics)
+    assert not any(tag.startswith(("test", "final")) for tag in scalars(result.run_dir))

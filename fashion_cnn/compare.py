@@ -1,0 +1,200 @@
+"""Compare runs and studies: ``python -m fashion_cnn.compare RUN_OR_STUDY... [--out DIR]``.
+
+Each argument is a run directory (``.../version_N``), a directory of runs (``lightning_logs``), or a study's
+directory (its finished trials, from its ``study.db``). Runs are grouped by their config.yaml, seeds aside; the
+Markdown table shows what differs between groups, the number of seeds, the final test accuracy as mean ± std with a
+95% confidence interval (Student's t over seeds), the best validation accuracy and the wall time per run. The PNG
+shows a search's metric against each searched parameter, or the spread of each repeated config over its seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fashion_cnn import checkpoints, commands, figures
+
+PROG = "python -m fashion_cnn.compare"
+SEED_KEYS = {"seed_everything", "data.seed"}
+IGNORED = ("trainer.logger", "trainer.callbacks", "trainer.plugins", "ckpt_path", "trainer.enable_progress_bar")
+# Student's t, two-sided 95%, by degrees of freedom (1.96 beyond 30)
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    test_acc: float | None
+    best_val: float | None
+    wall_s: float
+    complete: bool = True
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+    return out
+
+
+def read_run(path: Path, complete: bool = True) -> Run:
+    config_file = path / "config.yaml"
+    config = flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    test = events.Scalars("final/test_acc")[-1].value if "final/test_acc" in tags else None
+    val = max(e.value for e in events.Scalars("val/acc")) if "val/acc" in tags else None
+    times = [e.wall_time for tag in tags for e in events.Scalars(tag)]
+    return Run(path, config, test, val, (max(times) - min(times)) if times else 0.0, complete)
+
+
+def collect(target: Path, storage: str | None = None, study_name: str | None = None) -> list[Run]:
+    """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete)."""
+    db = target / "study.db"
+    if storage or db.is_file():
+        import optuna
+
+        storage = storage or f"sqlite:///{db}"
+        names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        runs = []
+        for name in names:
+            for trial in optuna.load_study(study_name=name, storage=storage).trials:
+                run_dir = trial.user_attrs.get("run_dir")
+                done = trial.state == optuna.trial.TrialState.COMPLETE
+                if run_dir and (done or trial.state == optuna.trial.TrialState.PRUNED):
+                    runs.append(read_run(Path(run_dir), complete=done))
+        return runs
+    if checkpoints.RUN_DIR.fullmatch(target.name):
+        return [read_run(target)]
+    root = target / "lightning_logs" if (target / "lightning_logs").is_dir() else target
+    found = sorted((p for p in root.iterdir() if checkpoints.RUN_DIR.fullmatch(p.name)), key=lambda p: p.name) \
+        if root.is_dir() else []
+    if not found:
+        raise commands.CommandError(f"{target}: no runs (version_N directories) and no study.db here")
+    return [read_run(p) for p in found]
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.config if k not in SEED_KEYS and not k.startswith(IGNORED)})
+    return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample std and the half-width of the 95% confidence interval of the mean."""
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    std = statistics.stdev(values)
+    return mean, std, (T95[n - 2] if n - 1 <= len(T95) else 1.96) * std / math.sqrt(n)
+
+
+def groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
+    out: dict[tuple, list[Run]] = {}
+    for run in runs:
+        out.setdefault(tuple(run.config.get(k) for k in keys), []).append(run)
+    return out
+
+
+def table(runs: list[Run]) -> str:
+    complete = [r for r in runs if r.complete]
+    keys = differing_keys(complete)
+    rows = ["| what differs | seeds | test accuracy (mean ± std) | 95% CI | best val accuracy | wall time per run |",
+            "|---|---|---|---|---|---|"]
+    grouped = sorted(groups(complete, keys).items(), key=lambda g: -max((r.best_val or r.test_acc or 0) for r in g[1]))
+    for values, members in grouped:
+        label = ", ".join(f"{k}={_short(v)}" for k, v in zip(keys, values, strict=True)) or "(same config)"
+        tests = [100 * r.test_acc for r in members if r.test_acc is not None]
+        if tests:
+            mean, std, half = mean_std_ci(tests)
+            test = f"{mean:.2f}% ± {std:.2f}" if len(tests) > 1 else f"{mean:.2f}%"
+            ci = f"[{mean - half:.2f}, {mean + half:.2f}]%" if len(tests) > 1 else "-"
+        else:
+            test, ci = "not measured (selection on val)", "-"
+        vals = [100 * r.best_val for r in members if r.best_val is not None]
+        val = f"{statistics.fmean(vals):.2f}%" if vals else "-"
+        wall = statistics.fmean(r.wall_s for r in members)
+        seeds = len({r.config.get("seed_everything") for r in members})
+        rows.append(f"| {label} | {seeds} | {test} | {ci} | {val} | {wall:.0f} s |")
+    pruned = len(runs) - len(complete)
+    return "\n".join(rows) + (f"\n\n{pruned} pruned run(s) not in the table." if pruned else "")
+
+
+def figure(runs: list[Run]):
+    complete = [r for r in runs if r.complete]
+    keys = differing_keys(complete)
+    grouped = groups(complete, keys)
+    if any(len(m) > 1 for m in grouped.values()) or not keys:  # repeats: the spread of each config over seeds
+        fig = figures.figure(max(5.0, 1.8 + 1.6 * len(grouped)), 4.2)
+        ax = fig.add_subplot()
+        for i, members in enumerate(grouped.values()):
+            acc = [100 * (r.test_acc if r.test_acc is not None else r.best_val or 0) for r in members]
+            ax.plot([i] * len(acc), acc, "o", alpha=0.6)
+            if len(acc) > 1:
+                mean, _, half = mean_std_ci(acc)
+                ax.errorbar([i + 0.15], [mean], yerr=[half], fmt="s", color="black", capsize=4)
+        labels = ["\n".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)) or "runs"
+                  for values in grouped]
+        ax.set_xticks(range(len(grouped)), labels, fontsize=7)
+        ax.set_xlim(-0.6, len(grouped) - 0.4)
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_title("Spread over seeds (black: mean, 95% CI)", fontsize=10)
+        ax.grid(alpha=0.3)
+        return fig
+    fig = figures.figure(max(5.0, 3.6 * len(keys)), 3.6)
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys, strict=True):
+        for done, marker in ((True, "o"), (False, "x")):
+            pts = [(r.config.get(key), 100 * r.best_val) for r in runs if r.complete == done and r.best_val]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker, alpha=0.7, label="complete" if done else "pruned")
+        xs = [r.config.get(key) for r in runs if isinstance(r.config.get(key), int | float)]
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("best validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Search: best validation accuracy against each searched parameter", fontsize=10)
+    return fig
+
+
+def report(targets: list[Path], out: Path | None = None, storage: str | None = None,
+           study_name: str | None = None) -> str:
+    """The Markdown comparison of ``targets``; also saved (with the PNG) as ``comparison.md`` and ``.png`` in
+    ``out`` (default: the first target's directory)."""
+    runs = [r for t in targets for r in collect(Path(t), storage, study_name)]
+    if not runs:
+        raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}")
+    text = table(runs)
+    out = Path(out or targets[0])
+    (out / "comparison.md").write_text(text + "\n")
+    png = figures.save(figure(runs), out / "comparison.png")
+    return f"{text}\n\nSaved {out / 'comparison.md'} and {png}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = commands.parser("compare", "Compare runs and studies: a Markdown table and a PNG.")
+    p.add_argument("targets", nargs="+", type=Path, help="run directories, lightning_logs directories or study dirs")
+    p.add_argument("--out", type=Path, help="where to save comparison.md and .png (default: the first target)")
+    args = p.parse_args(argv)
+    return commands.run(PROG, lambda: print(report(args.targets, args.out)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Run a study: ``python -m fashion_cnn.study STUDY.yaml [--workers N] [--storage URL] [--dir DIR]``.
+
+Each trial is an ordinary fit run (:func:`fashion_cnn.fit.train`) in ``<dir>/lightning_logs/version_N`` with its
+config.yaml, checkpoints and TensorBoard events. Optuna samples, prunes and stores: by default in
+``<dir>/study.db`` (SQLite); ``--storage`` takes any Optuna RDB URL (PostgreSQL, MySQL), or ``journal:PATH`` for a
+journal file on a shared filesystem, so processes on several machines can join one study (docs/studies.md).
+
+Resuming: run the same command again. Finished trials are kept. A trial whose process died (SIGKILL, a lost node)
+stops sending its heartbeat and, after ``3 x --heartbeat`` seconds, is retried: from its run's last.ckpt when it
+saved one (in the same run directory), else from the start. A trial stopped by Ctrl-C or SIGTERM is retried the
+same way on the next run (heartbeats and retries need an RDB storage: SQLite or a server).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import optuna
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from fashion_cnn import commands, fit, study_file
+from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.module import TrainingDiverged
+
+PROG = "python -m fashion_cnn.study"
+SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
+DEFINITION = "definition"  # the study's user attribute that says what it is (study_file.Study.definition)
+
+
+class StudyError(FashionCNNError):
+    """A study that cannot be run or joined as asked."""
+
+
+def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; a problem reaching it is one line, before any work."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal:"))
+            if not path.parent.is_dir():
+                raise OSError(f"{path.parent} is not a directory")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        sqlite = url.startswith("sqlite")
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        if sqlite:
+            _serialize_sqlite(storage.engine)
+        return storage
+    except Exception as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise StudyError(f"cannot reach the storage {url}: {first.strip()}") from None
+
+
+def _serialize_sqlite(engine) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``. Python's sqlite3 driver runs a transaction's reads
+    before its ``BEGIN``, so two processes could both read a waiting trial and both start it (seen here with two
+    workers); with the write lock taken first, the second sees the first's update (SQLAlchemy's documented fix)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, connection_record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners: replaced by ones that have them
+
+
+def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study (the first process) or join it; refuse a name already used for another study."""
+    direction = spec.direction if spec.is_search else "maximize"
+    sampler = optuna.samplers.TPESampler() if spec.is_search else optuna.samplers.RandomSampler()
+    pruner = spec.make_pruner() if spec.is_search else optuna.pruners.NopPruner()
+    try:
+        study = optuna.create_study(storage=storage, study_name=spec.name, direction=direction, sampler=sampler,
+                                    pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
+        created = False
+    if created:
+        for seed in spec.seeds:  # a repeat: one waiting trial per seed, each run exactly once
+            study.enqueue_trial({"seed": seed})
+        study.set_user_attr(DEFINITION, spec.definition())  # last: joining processes wait for it
+    for _ in range(60):
+        known = study.user_attrs.get(DEFINITION)
+        if known is not None:
+            break
+        time.sleep(1)
+    if known != spec.definition():
+        raise StudyError(f"the study name {spec.name} is already used by a study with another base config, space or "
+                         f"seeds; give this one another name (name: in {spec.path}) or another --dir/--storage")
+    return study
+
+
+class Stopped(KeyboardInterrupt):
+    """A trial's fit was stopped (Ctrl-C: 130, SIGTERM: 143); the study stops with the same status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"stopped with status {status}")
+        self.status = status
+
+
+class RecordRun(L.Callback):
+    """Records a trial's run directory as soon as the run has one, so a retry can find its last.ckpt."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is not None and trainer.is_global_zero:
+            self.trial.set_user_attr("run_dir", str(Path(trainer.logger.log_dir).absolute()))
+
+
+def objective(spec: study_file.Study, study_dir: Path):
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    def run_trial(trial: optuna.Trial) -> float:
+        if _is_spare(spec, trial):
+            trial.set_user_attr(SPARE, True)
+            raise optuna.TrialPruned("another worker took the last trial")
+        if spec.is_search:
+            params = {k: suggest(trial, k, d) for k, d in spec.space.items()}
+        else:
+            params = {"seed": trial.suggest_categorical("seed", spec.seeds)}
+        argv = [*spec.fit_args(params), "--trainer.logger.init_args.save_dir", str(study_dir),
+                "--trainer.logger.init_args.name", "lightning_logs", "--trainer.enable_progress_bar", "false"]
+        if (last := _last_checkpoint_of_retried(trial)) is not None:
+            argv += ["--ckpt_path", str(last)]
+            print(f"{PROG}: trial {trial.number} continues from {last}", flush=True)
+        callbacks = [RecordRun(trial)]
+        if spec.is_search:
+            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=spec.metric))
+        print(f"{PROG}: trial {trial.number}: {params}", flush=True)
+        result = fit.train(argv, callbacks=callbacks)
+        if result.status != 0:  # Ctrl-C or SIGTERM: retried (from its last.ckpt) when the study runs again
+            RetryHeartbeatStaleTrialCallback(max_retry=3)(trial.study, _frozen(trial))
+            raise Stopped(result.status)
+        trial.set_user_attr("wall_s", result.wall_s)
+        for key in ("final/test_acc", "best/val/acc", "val/acc"):
+            if key in result.metrics:
+                trial.set_user_attr(key, result.metrics[key])
+        if not spec.is_search:
+            return result.metrics["final/test_acc"]
+        return result.metrics.get(f"best/{spec.metric}", result.metrics.get(spec.metric))
+
+    return run_trial
+
+
+def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribution):
+    """Optuna's suggestion for one parameter of the space."""
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(key, d.choices)
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+
+
+def _last_checkpoint_of_retried(trial: optuna.Trial) -> Path | None:
+    history = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
+    if not history:
+        return None
+    number = history[-1]  # the attempt that died last: its run directory holds the newest last.ckpt
+    run_dir = trial.study.trials[number].user_attrs.get("run_dir")
+    last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
+    return last if last is not None and last.is_file() else None
+
+
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The trial as stored, system attributes included (Optuna 5's Trial no longer shows them)."""
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def _is_spare(spec: study_file.Study, trial: optuna.Trial) -> bool:
+    """Whether this trial is one too many: workers decide to start a trial at the same moment, so one may get a
+    fresh trial where there was none left to run. Trial numbers are given out atomically: a new trial runs only
+    if fewer than ``trials`` new trials came before it; a repeat runs only the seeds enqueued for it (and retries).
+    """
+    if "fixed_params" in _frozen(trial).system_attrs:  # an enqueued seed, or a retry
+        return False
+    if not spec.is_search:
+        return True
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+    return sum(not t.user_attrs.get(SPARE) and "failed_trial" not in t.system_attrs for t in earlier) >= spec.trials
+
+
+def progress(spec: study_file.Study, study: optuna.Study) -> tuple[int, int, int]:
+    """(finished, running, waiting) trials; a failed trial that was retried is not counted."""
+    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in trials if not t.user_attrs.get(SPARE)]
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    finished = sum(t.state.is_finished() and t.number not in retried for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return finished, running, waiting
+
+
+def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat: int) -> None:
+    """Run trials until the study has all it needs; with other workers on the same storage, each takes its own."""
+    target = spec.trials if spec.is_search else len(spec.seeds)
+    run_trial = objective(spec, study_dir)
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryHeartbeatStaleTrialCallback)
+        finished, running, waiting = progress(spec, study)
+        if finished >= target:
+            return
+        if not waiting and finished + running >= target:
+            time.sleep(heartbeat)  # the rest are running elsewhere (or are stale and will be retried)
+            continue
+        study.optimize(run_trial, n_trials=1, catch=(TrainingDiverged,))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = commands.parser("study", "Run a study file: repeated seeds or a search (Optuna); resumable, shareable.")
+    p.add_argument("study_file", help="a study YAML file (see studies/)")
+    p.add_argument("--dir", help="the study's directory (default: lightning_logs/studies/<name>)")
+    p.add_argument("--storage", help="an Optuna storage URL (default: sqlite:///<dir>/study.db); "
+                   "postgresql://..., or journal:PATH for a journal file on a shared filesystem")
+    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (cores split evenly)")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between a running trial's heartbeats; silent for 3x this, it is retried")
+    p.add_argument("--worker", action="store_true", help=argparse_hidden())
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.heartbeat < 1:
+        p.error(f"--heartbeat must be at least 1, got {args.heartbeat}")
+    return commands.run(PROG, lambda: _run(args, argv if argv is not None else sys.argv[1:]))
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _run(args, argv: list[str]) -> int:
+    spec = study_file.load(args.study_file)
+    study_dir = Path(args.dir or Path("lightning_logs") / "studies" / spec.name).absolute()
+    url = args.storage or f"sqlite:///{study_dir / 'study.db'}"
+    if not args.storage:
+        fit._check_writable(study_dir)
+        study_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url, args.heartbeat)  # a server that cannot be reached: refused here, before any run
+    study = open_study(spec, storage)
+    if args.worker or args.workers == 1:
+        try:
+            work(spec, study, study_dir, args.heartbeat)
+        except Stopped as stopped:
+            print(f"{PROG}: stopped; run the same command again to continue (the trial resumes)", file=sys.stderr)
+            return stopped.status
+    else:
+        status = _spawn_workers(args, argv)
+        if status:
+            return status
+    if not args.worker:
+        from fashion_cnn import compare
+
+        print(compare.report([study_dir], storage=url, study_name=spec.name), flush=True)
+        if spec.is_search:
+            print(winner(spec, study, study_dir), flush=True)
+    return 0
+
+
+def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
+    """The search's best trial, its test accuracy measured once (then kept in the study), and a repeat file for it."""
+    from fashion_cnn import evaluate
+    from fashion_cnn.checkpoints import load
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        return f"{PROG}: no trial completed, so no winner"
+    ckpt = next(iter(sorted((Path(best.user_attrs["run_dir"]) / "checkpoints").glob("best*.ckpt"))), None)
+    if ckpt is None:
+        return f"{PROG}: the best trial {best.number} left no best checkpoint"
+    key = "winner_test_acc"
+    if study.user_attrs.get(key, {}).get("trial") != best.number:  # the test set is read once per winner
+        preds, _, _ = evaluate.predictions_on_test_set(load(ckpt))
+        study.set_user_attr(key, {"trial": best.number, "acc": float(preds.accuracy), "ckpt": str(ckpt)})
+    acc = study.user_attrs[key]["acc"]
+    repeat = study_dir / "winner_repeats.yaml"
+    repeat.write_text(yaml.safe_dump({
+        "name": f"{spec.name}_winner", "base": str(spec.base),
+        "overrides": {**spec.overrides, **best.params, "data.val_size": spec.val_size},
+        "repeat": {"seeds": [0, 1, 2, 3, 4]}}, sort_keys=False))
+    return (f"Winner: trial {best.number} {best.params}, {spec.metric} {best.value:.4f}; its test accuracy, "
+            f"measured once: {100 * acc:.2f}% ({ckpt}).\nRepeat it over seeds: {PROG} {repeat}")
+
+
+def _spawn_workers(args, argv: list[str]) -> int:
+    """``--workers N``: N copies of this command joining the same study, the cores split between them."""
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    base = [a for a in argv if not a.startswith("--workers")]
+    if "--workers" in argv:  # "--workers N" as two words
+        i = argv.index("--workers")
+        base = argv[:i] + argv[i + 2:]
+    procs = [subprocess.Popen([sys.executable, "-m", "fashion_cnn.study", *base, "--worker"], env=env)
+             for _ in range(args.workers)]
+    try:
+        return max(proc.wait() for proc in procs)
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.wait()
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The study file: a base fit config and either ``repeat`` (seeds) or ``search`` (a space), checked up front.
+
+.. code-block:: yaml
+
+    base: fast                      # seed, fast, strong, or a fit config file (relative to this file)
+    overrides: {trainer.max_epochs: 6}
+    repeat:
+      seeds: [0, 1, 2, 3, 4]        # seed_everything and data.seed; the validation split (data.split_seed) stays
+    # or
+    search:
+      trials: 30
+      metric: val/acc               # selected on the validation split; the test set is never read
+      direction: maximize
+      val_size: 5000                # data.val_size held out of the training set for every trial
+      pruner: median                # median, hyperband, none; or {type: median, n_warmup_steps: 2, ...}
+      space:
+        model.lr: {low: 0.02, high: 0.5, log: true}
+        model.momentum: {low: 0.8, high: 0.98}
+        data.batch_size: {choices: [128, 256, 512]}
+        trainer.max_epochs: {low: 3, high: 8}   # integer bounds: an integer parameter
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from fashion_cnn import fit
+from fashion_cnn.errors import FashionCNNError
+
+PRUNERS = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+           "none": optuna.pruners.NopPruner}
+TOP_KEYS = {"name", "base", "overrides", "repeat", "search"}
+SEARCH_KEYS = {"trials", "metric", "direction", "val_size", "pruner", "space"}
+
+
+class StudyFileError(FashionCNNError):
+    """A study file that cannot work; one line naming the file and the key."""
+
+
+@dataclass
+class Study:
+    """A parsed, checked study file."""
+
+    path: Path
+    name: str
+    base: Path
+    overrides: dict[str, Any]
+    seeds: list[int] = field(default_factory=list)  # a repeat
+    trials: int = 0  # a search
+    metric: str = "val/acc"
+    direction: str = "maximize"
+    val_size: int = 5000
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
+    space: dict[str, optuna.distributions.BaseDistribution] = field(default_factory=dict)
+
+    @property
+    def is_search(self) -> bool:
+        return bool(self.space)
+
+    def fit_args(self, params: dict[str, Any]) -> list[str]:
+        """The ``python -m fashion_cnn.fit`` arguments of one trial (its parameters or its seed)."""
+        args = ["--config", str(self.base), *as_args(self.overrides)]
+        if self.is_search:
+            args += [f"--data.val_size={self.val_size}", "--data.test=false", *as_args(params)]
+        else:
+            args += as_args({"seed_everything": params["seed"], "data.seed": params["seed"]})
+        return args
+
+    def definition(self) -> str:
+        """What makes two runs of a study the same study (the trial count may grow; nothing else may change)."""
+        space = {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(self.space.items())}
+        return json.dumps({"base": self.base.read_text(), "overrides": self.overrides, "seeds": self.seeds,
+                           "metric": self.metric, "direction": self.direction, "val_size": self.val_size,
+                           "space": space}, sort_keys=True, default=str)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.definition().encode()).hexdigest()[:12]
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
+        return PRUNERS[self.pruner["type"]](**kwargs)
+
+
+def as_args(values: dict[str, Any]) -> list[str]:
+    """``{"model.lr": 0.1}`` as ``["--model.lr=0.1"]`` (values other than strings as JSON, which is YAML)."""
+    return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
+
+
+def load(path: str | Path) -> Study:
+    """Read and check a study file; every problem is a :class:`StudyFileError` before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyFileError(f"{path}: no such study file (the shipped ones are in studies/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyFileError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(raw, dict):
+        raise StudyFileError(f"{path}: expected a mapping with base and repeat or search")
+
+    def bad(message: str) -> StudyFileError:
+        return StudyFileError(f"{path}: {message}")
+
+    if unknown := set(raw) - TOP_KEYS:
+        raise bad(f"unknown key {sorted(unknown)[0]!r} (expected {', '.join(sorted(TOP_KEYS))})")
+    if ("repeat" in raw) == ("search" in raw):
+        raise bad("give exactly one of `repeat` (seeds) and `search` (a space)")
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise bad("overrides must be a mapping of fit keys (e.g. trainer.max_epochs: 6) to values")
+    study = Study(path, str(raw.get("name") or path.stem), _base(raw.get("base", "seed"), path, bad), overrides)
+    if "repeat" in raw:
+        seeds = (raw["repeat"] or {}).get("seeds") if isinstance(raw["repeat"], dict) else None
+        if not isinstance(seeds, list) or not seeds:
+            raise bad("repeat.seeds must be a non-empty list of integer seeds")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+            raise bad(f"repeat.seeds must be distinct integers, got {seeds}")
+        study.seeds = seeds
+    else:
+        _search(raw["search"], study, bad)
+    check_fit_args(study, bad)
+    return study
+
+
+def _base(base: Any, path: Path, bad) -> Path:
+    candidates = [fit.CONFIG_DIR / f"{base}.yaml", path.parent / str(base), Path(str(base))]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise bad(f"base {base!r} is neither seed, fast, strong nor a config file")
+    return found.resolve()
+
+
+def _search(search: Any, study: Study, bad) -> None:
+    if not isinstance(search, dict):
+        raise bad("search must be a mapping with trials, metric, direction and space")
+    if unknown := set(search) - SEARCH_KEYS:
+        raise bad(f"unknown key search.{sorted(unknown)[0]} (expected {', '.join(sorted(SEARCH_KEYS))})")
+    trials = search.get("trials")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise bad(f"search.trials must be a positive integer, got {trials!r}")
+    study.trials = trials
+    study.metric = str(search.get("metric", study.metric))
+    study.direction = str(search.get("direction", study.direction))
+    if study.direction not in ("maximize", "minimize"):
+        raise bad(f"search.direction must be maximize or minimize, got {study.direction!r}")
+    if not study.metric.startswith(("val/", "train/")):
+        raise bad(f"search.metric must be a validation (val/...) or training metric, got {study.metric!r}: "
+                  f"a search never reads the test set")
+    study.val_size = search.get("val_size", study.val_size)
+    if not isinstance(study.val_size, int) or study.val_size < 1:
+        raise bad(f"search.val_size must be a positive number of images, got {study.val_size!r}")
+    pruner = search.get("pruner", "median")
+    pruner = {"type": pruner} if isinstance(pruner, str) else pruner
+    if not isinstance(pruner, dict) or pruner.get("type") not in PRUNERS:
+        raise bad(f"search.pruner must be one of {', '.join(PRUNERS)} (or a mapping with type), got {pruner!r}")
+    study.pruner = pruner
+    try:
+        study.make_pruner()
+    except (TypeError, ValueError) as err:
+        raise bad(f"search.pruner: {err}") from None
+    space = search.get("space")
+    if not isinstance(space, dict) or not space:
+        raise bad("search.space must map fit keys (e.g. model.lr) to ranges or choices")
+    study.space = {key: _distribution(key, spec, bad) for key, spec in space.items()}
+
+
+def _distribution(key: str, spec: Any, bad) -> optuna.distributions.BaseDistribution:
+    where = f"search.space.{key}"
+    if isinstance(spec, dict) and "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise bad(f"{where}: choices must be a non-empty list")
+        return optuna.distributions.CategoricalDistribution(spec["choices"])
+    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log", "step"}:
+        raise bad(f"{where}: expected {{low, high}} (with log: true or step) or {{choices: [...]}}, got {spec!r}")
+    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise bad(f"{where}: low and high must be numbers, got {low!r} and {high!r}")
+    if low >= high:
+        raise bad(f"{where}: empty or inverted range: low {low} must be below high {high}")
+    if log and low <= 0:
+        raise bad(f"{where}: a log range needs low > 0, got {low}")
+    if isinstance(low, int) and isinstance(high, int) and not isinstance(step, float):
+        return optuna.distributions.IntDistribution(low, high, log=log, step=step or 1)
+    return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
+
+
+class _Refused(FashionCNNError):
+    pass
+
+
+class _CheckParser(fit.FitParser):
+    """The fit parser, raising instead of exiting: the study says which key of its file is wrong."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        raise _Refused(" ".join(str(message).split()))
+
+
+def check_fit_args(study: Study, bad) -> None:
+    """Parse one trial's fit arguments (each parameter at its low end or first choice) without running anything,
+    so an unknown key or a value of the wrong type is reported before any training."""
+    params = {k: d.choices[0] if isinstance(d, optuna.distributions.CategoricalDistribution) else d.low
+              for k, d in study.space.items()}
+    argv = fit.resolve_config_names(study.fit_args(params or {"seed": study.seeds[0]}))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            fit.FashionCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False,
+                           args=[*argv, "--print_config"], parser_class=_CheckParser,
+                           parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
+    except _Refused as err:
+        raise bad(f"the fit config it makes is refused: {err}") from None
+    except SystemExit:  # --print_config printed and exited: every key and value parsed
+        return

@@ -1,0 +1,188 @@
+"""Studies (``python -m fashion_cnn.study``) and their comparison, on the small fixture: bad study files refused in
+one line before any training, a search that never reads the test set, two workers sharing one storage, and a study
+killed mid-trial that resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from fashion_cnn import study, study_file
+from tests.helpers import FIXTURE, scalars, tree_digest
+
+ON_FIXTURE = {"data.data_dir": str(FIXTURE), "data.verify": False, "data.download": False,
+              "trainer.enable_model_summary": False, "trainer.log_every_n_steps": 4, "trainer.max_epochs": 1}
+REPO = Path(__file__).parent.parent
+
+
+def write_study(path: Path, **body) -> Path:
+    body.setdefault("base", "fast")
+    body["overrides"] = {**ON_FIXTURE, **body.get("overrides", {})}
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}").trials
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fashion_cnn.study", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+SPACE = {"model.lr": {"low": 0.01, "high": 0.2, "log": True}}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"search": {"trials": 2, "space": {"model.lrr": {"low": 0.01, "high": 0.1}}}}, "unrecognized arguments"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.1, "high": 0.1}}}}, "empty or inverted range"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.2, "high": 0.1}}}}, "empty or inverted range"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": -1.0, "high": 0.1, "log": True}}}}, "log range"),
+    ({"search": {"trials": 2, "space": {"data.batch_size": {"choices": []}}}}, "non-empty list"),
+    ({"search": {"trials": 0, "space": SPACE}}, "search.trials must be a positive integer"),
+    ({"search": {"trials": 2, "metric": "test/acc", "space": SPACE}}, "never reads the test set"),
+    ({"repeat": {"seeds": []}}, "repeat.seeds must be a non-empty list"),
+    ({"repeat": {"seeds": [0]}, "search": {"trials": 1, "space": SPACE}}, "exactly one of"),
+    ({"base": "nope", "repeat": {"seeds": [0]}}, "base 'nope'"),
+])
+def test_bad_study_files_are_one_line_before_any_training(tmp_path, capsys, body, message):
+    path = write_study(tmp_path / "bad.yaml", **body)
+    assert study.main([str(path), "--dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_storage_reused_name_and_bad_usage(tmp_path, capsys):
+    repeat = write_study(tmp_path / "same.yaml", repeat={"seeds": [0, 1]})
+    # An existing study (created, no trial run yet): joining it with another definition changes nothing.
+    study_dir = tmp_path / "existing"
+    study_dir.mkdir()
+    storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
+    study.open_study(study_file.load(repeat), storage)
+    before = tree_digest(study_dir)
+    other = write_study(tmp_path / "other.yaml", name="same", repeat={"seeds": [0, 1, 2]})
+    assert study.main([str(other), "--dir", str(study_dir)]) == 1
+    assert "already used by a study with another base config" in capsys.readouterr().err
+    searched = write_study(tmp_path / "s.yaml", name="same", search={"trials": 1, "space": SPACE})
+    assert study.main([str(searched), "--dir", str(study_dir)]) == 1
+    assert "already used" in capsys.readouterr().err
+    assert tree_digest(study_dir) == before
+
+    assert study.main([str(repeat), "--storage", f"sqlite:///{tmp_path}/no/such/dir/x.db"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the storage sqlite:///" in err and err.count("\n") == 1
+    assert study.main([str(repeat), "--storage", f"journal:{tmp_path}/no/such/dir/x.log"]) == 1
+    assert "cannot reach the storage journal:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        study.main([str(repeat), "--workers", "0"])
+    assert usage.value.code == 2 and "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_a_search_selects_on_validation_and_measures_the_winner_once(tmp_path, capsys):
+    path = write_study(tmp_path / "search.yaml", search={
+        "trials": 2, "val_size": 100, "pruner": "median",
+        "space": {"model.lr": {"low": 0.02, "high": 0.2, "log": True}, "data.batch_size": {"choices": [32, 64]}}})
+    study_dir = tmp_path / "search"
+    assert study.main([str(path), "--dir", str(study_dir)]) == 0
+    out = capsys.readouterr().out
+    done = [t for t in trials(study_dir, "search") if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and len({t.user_attrs["run_dir"] for t in done}) == 2
+    for t in done:
+        run = Path(t.user_attrs["run_dir"])
+        assert run.parent == study_dir / "lightning_logs" and (run / "config.yaml").is_file()
+        logged = scalars(run)
+        assert "val/acc" in logged and not any(tag.startswith(("test", "final")) for tag in logged)
+        assert t.value == pytest.approx(max(logged["val/acc"]))
+    assert "Winner: trial" in out and "measured once" in out and "not measured (selection on val)" in out
+    assert (study_dir / "comparison.md").is_file() and (study_dir / "comparison.png").is_file()
+    winner = yaml.safe_load((study_dir / "winner_repeats.yaml").read_text())
+    assert winner["repeat"]["seeds"] and "model.lr" in winner["overrides"]
+    assert study_file.load(study_dir / "winner_repeats.yaml").seeds == [0, 1, 2, 3, 4]
+
+
+def test_two_workers_share_one_study_each_trial_once(tmp_path):
+    path = write_study(tmp_path / "rep.yaml", repeat={"seeds": [0, 1, 2]})
+    study_dir = tmp_path / "rep"
+    done = cli(str(path), "--dir", str(study_dir), "--workers", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    finished = trials(study_dir, "rep")
+    assert [t.state for t in finished] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert sorted(t.params["seed"] for t in finished) == [0, 1, 2]
+    runs = {t.user_attrs["run_dir"] for t in finished}
+    assert len(runs) == 3 and sorted(p.name for p in (study_dir / "lightning_logs").iterdir()) == [
+        "version_0", "version_1", "version_2"]
+    for t in finished:
+        run = Path(t.user_attrs["run_dir"])
+        assert t.value == pytest.approx(scalars(run)["final/test_acc"][-1])
+        assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == t.params["seed"]
+    table = (study_dir / "comparison.md").read_text()
+    assert "| (same config) | 3 |" in table and " ± " in table and "]%" in table
+
+
+def test_killed_mid_trial_resumes_keeping_finished_trials(tmp_path):
+    path = write_study(tmp_path / "kill.yaml", repeat={"seeds": [0, 1]}, overrides={"trainer.max_epochs": 8})
+    study_dir = tmp_path / "kill"
+    args = [sys.executable, "-m", "fashion_cnn.study", str(path), "--dir", str(study_dir), "--heartbeat", "1"]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    second = study_dir / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert second.exists(), "the second trial never saved an epoch"
+    first_run = trials(study_dir, "kill")[0]
+    assert first_run.state == optuna.trial.TrialState.COMPLETE
+    before = tree_digest(Path(first_run.user_attrs["run_dir"]))
+
+    again = cli(str(path), "--dir", str(study_dir), "--heartbeat", "1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continues from" in again.stdout and "version_1/checkpoints/last.ckpt" in again.stdout
+    finished = [t for t in trials(study_dir, "kill") if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.params["seed"] for t in finished) == [0, 1]  # the first kept, the second completed once
+    assert tree_digest(Path(first_run.user_attrs["run_dir"])) == before  # not rerun
+    assert sorted(p.name for p in (study_dir / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert len(scalars(study_dir / "lightning_logs" / "version_1")["test/acc"]) == 8  # each epoch logged once
+
+
+def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsys):
+    path = write_study(tmp_path / "prune.yaml", overrides={"trainer.max_epochs": 3}, search={
+        "trials": 4, "val_size": 100, "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        "space": {"model.lr": {"low": 0.0001, "high": 0.3, "log": True}}})
+    study_dir = tmp_path / "prune"
+    study_dir.mkdir()
+    storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
+    created = study.open_study(study_file.load(path), storage)
+    # A fixed order: a poor trial, a good one, then two poor ones the median pruner stops after their first epoch.
+    for lr in (0.0001, 0.1, 0.0001, 0.0002):
+        created.enqueue_trial({"model.lr": lr})
+    assert study.main([str(path), "--dir", str(study_dir)]) == 0
+    states = [t.state for t in trials(study_dir, "prune")]
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1 and len(states) == 4
+    pruned = next(t for t in trials(study_dir, "prune") if t.state == optuna.trial.TrialState.PRUNED)
+    assert len(scalars(Path(pruned.user_attrs["run_dir"]))["val/acc"]) < 3
+    assert "pruned run(s) not in the table" in capsys.readouterr().out
+
+
+def test_compare_any_runs(trained_run, tmp_path, capsys):
+    from fashion_cnn import compare
+
+    assert compare.main([str(trained_run), str(trained_run), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| (same config) | 1 |" in out and (tmp_path / "comparison.md").is_file()
+    assert (tmp_path / "comparison.png").stat().st_size > 0
+    assert compare.main([str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no runs" in err
