@@ -59,7 +59,8 @@ def test_bad_study_files_are_one_line_before_any_training(tmp_path, capsys, body
     path = write_study(tmp_path / "bad.yaml", **body)
     assert study.main([str(path), "--dir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    # jsonargparse spells "unrecognized arguments" with a capital U in some versions
+    assert message.lower() in err.lower() and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
