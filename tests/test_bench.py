@@ -125,7 +125,8 @@ def test_with_turns_on_the_callback_waits_for_go(capsys, monkeypatch):
         wait_for_turn()
 
 
-def test_every_variant_reports_through_the_same_protocol(tmp_path):
+def test_every_variant_reports_through_the_same_protocol(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the project's log directory
     project = command("project", 6, "seed", None, str(tmp_path))
     assert "--trainer.callbacks+=benchmarks.callback.BenchWorker" in project and "--trainer.max_epochs" in project
     to_target = command("project", 40, "fast", 0.885, str(tmp_path))
