@@ -83,7 +83,7 @@ class FashionCLI(LightningCLI):
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
         logger = trainer.logger
         if _is_tensorboard(logger):
-            _check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
+            check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
         if self.config.ckpt_path:
             self._resume_into_its_run()
         if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
@@ -169,7 +169,7 @@ def _is_launching_process() -> bool:
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def _check_writable(log_root: Path) -> None:
+def check_writable(log_root: Path) -> None:
     """Fail before any work if runs cannot be written (rather than after an epoch of training)."""
     existing = next((p for p in (log_root, *log_root.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
