@@ -97,17 +97,17 @@ class HParamsSummary(L.Callback):
     """
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, pl_module, {k: float(v) for k, v in trainer.callback_metrics.items()
-                                         if k.startswith("final/")})
+        self._write(trainer, pl_module, "final/")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A model-selection run (data.test=false) has no final test: compare runs by their validation metrics.
         dm = trainer.datamodule
         if dm is not None and not dm.hparams.get("test", True):
-            self._write(trainer, pl_module, {k: float(v) for k, v in trainer.callback_metrics.items()
-                                             if k.startswith("val/")})
+            self._write(trainer, pl_module, "val/")
 
-    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str) -> None:
+        """The HPARAMS summary with the run's ``prefix*`` metrics as its metric columns."""
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
         logger = tensorboard_logger(trainer)
         if not trainer.is_global_zero or logger is None or not metrics:
             return
