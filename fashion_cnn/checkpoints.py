@@ -67,12 +67,17 @@ def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoi
 
 
 def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Path:
-    """``best``/``last`` of the newest run under ``logs_dir``, or the given path, checked to be an existing file."""
+    """``best``/``last`` of the newest run under ``logs_dir``, or the given path, checked to be an existing file.
+
+    ``best`` is the checkpoint the run reported: the one its validation split picked, or (a run without a validation
+    split keeps no other) its last epoch's."""
     if str(ckpt_path) in NAMED:
         checkpoints = newest_run(logs_dir) / "checkpoints"
         pattern = "best*.ckpt" if str(ckpt_path) == "best" else "last*.ckpt"
         # Newest first: a resumed run may have left an older best-*.ckpt beside the current one.
         found = sorted(checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+        if not found and pattern.startswith("best"):
+            pattern, found = "best*.ckpt or last*.ckpt", sorted(checkpoints.glob("last*.ckpt"), reverse=True)
         if not found:
             raise CheckpointError(f"no {pattern} in {checkpoints}/; give --ckpt_path a .ckpt file from there")
         return found[0]

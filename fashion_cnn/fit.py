@@ -138,12 +138,12 @@ class FashionCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
 
     def _best_checkpoint(self) -> ModelCheckpoint:
-        """Keep the last epoch and the best one: by validation accuracy when there is a validation split, else by
-        test accuracy, which is the notebook's protocol (it has no validation split); the README says so."""
-        split = "val" if self.datamodule.hparams.val_size else "test"
-        return ModelCheckpoint(monitor=f"{split}/acc", mode="max", save_last=True,
-                               filename=f"best-epoch{{epoch:02d}}-{split}_acc{{{split}/acc:.4f}}",
-                               auto_insert_metric_name=False)
+        """Keep the last epoch, and with a validation split also the epoch with the best validation accuracy.
+        Without one there is no "best": choosing an epoch by its test accuracy would report an optimistic figure."""
+        if not self.datamodule.hparams.val_size:
+            return ModelCheckpoint(save_top_k=0, save_last=True)
+        return ModelCheckpoint(monitor="val/acc", mode="max", save_last=True,
+                               filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}", auto_insert_metric_name=False)
 
 
 def reserve_run_dir(log_root: Path) -> Path:
@@ -241,7 +241,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:
             return _result(INTERRUPTED, trainer, start)
-        checkpoint = trainer.checkpoint_callback  # no best one (no checkpointing, or no epoch evaluated): final weights
+        checkpoint = trainer.checkpoint_callback  # no best one (no validation split, or no epoch evaluated): last epoch
         best = "best" if checkpoint is not None and checkpoint.best_model_path else None
         if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
             trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)

@@ -47,5 +47,6 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def best_checkpoint(run: Path) -> Path:
-    """The best-*.ckpt of a run directory."""
-    return next((run / "checkpoints").glob("best*.ckpt"))
+    """The checkpoint a run reported: its best-*.ckpt (picked on a validation split), else its last.ckpt."""
+    checkpoints = run / "checkpoints"
+    return next(checkpoints.glob("best*.ckpt"), checkpoints / "last.ckpt")
