@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 import optuna
+import torch
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -150,6 +151,7 @@ def objective(spec: study_file.Study, study_dir: Path):
             RetryHeartbeatStaleTrialCallback(max_retry=3)(trial.study, _frozen(trial))
             raise Stopped(result.status)
         trial.set_user_attr("wall_s", result.wall_s)
+        trial.set_user_attr("threads", torch.get_num_threads())  # its wall time depends on them (frontier)
         for key in ("final/test_acc", "best/val/acc", "val/acc"):
             if key in result.metrics:
                 trial.set_user_attr(key, result.metrics[key])
@@ -229,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", help="the study's directory (default: lightning_logs/studies/<name>)")
     p.add_argument("--storage", help="an Optuna storage URL (default: sqlite:///<dir>/study.db); "
                    "postgresql://..., or journal:PATH for a journal file on a shared filesystem")
-    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (cores split evenly)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="trial processes on this machine, the cores split evenly (default: one per core, at "
+                   f"most {MAX_DEFAULT_WORKERS}, here {default_workers()}); 1 gives each trial every core")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between a running trial's heartbeats; silent for 3x this, it is retried")
     p.add_argument("--worker", action="store_true", help=argparse_hidden())
@@ -239,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.heartbeat < 1:
         p.error(f"--heartbeat must be at least 1, got {args.heartbeat}")
     return commands.run(PROG, lambda: _run(args, argv if argv is not None else sys.argv[1:]))
+
+
+MAX_DEFAULT_WORKERS = 8  # each worker holds its own copy of the data and model (about 1 GB RSS)
+
+
+def default_workers() -> int:
+    """One single-threaded trial per core: these small networks use a second thread poorly, so on 2 cores two
+    1-thread workers ran 1.07x the trials per hour of one 2-thread worker (docs/studies.md)."""
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
 
 
 def argparse_hidden() -> str:

@@ -95,7 +95,7 @@ def test_a_search_selects_on_validation_and_measures_the_winner_once(tmp_path, c
         "trials": 2, "val_size": 100, "pruner": "median",
         "space": {"model.lr": {"low": 0.02, "high": 0.2, "log": True}, "data.batch_size": {"choices": [32, 64]}}})
     study_dir = tmp_path / "search"
-    assert study.main([str(path), "--dir", str(study_dir)]) == 0
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     done = [t for t in trials(study_dir, "search") if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and len({t.user_attrs["run_dir"] for t in done}) == 2
@@ -134,7 +134,8 @@ def test_two_workers_share_one_study_each_trial_once(tmp_path):
 def test_killed_mid_trial_resumes_keeping_finished_trials(tmp_path):
     path = write_study(tmp_path / "kill.yaml", repeat={"seeds": [0, 1]}, overrides={"trainer.max_epochs": 8})
     study_dir = tmp_path / "kill"
-    args = [sys.executable, "-m", "fashion_cnn.study", str(path), "--dir", str(study_dir), "--heartbeat", "1"]
+    args = [sys.executable, "-m", "fashion_cnn.study", str(path), "--dir", str(study_dir), "--heartbeat", "1",
+            "--workers", "1"]
     proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     second = study_dir / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
@@ -169,7 +170,7 @@ def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsy
     # A fixed order: a poor trial, a good one, then two poor ones the median pruner stops after their first epoch.
     for lr in (0.0001, 0.1, 0.0001, 0.0002):
         created.enqueue_trial({"model.lr": lr})
-    assert study.main([str(path), "--dir", str(study_dir)]) == 0
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
     states = [t.state for t in trials(study_dir, "prune")]
     assert states.count(optuna.trial.TrialState.PRUNED) >= 1 and len(states) == 4
     pruned = next(t for t in trials(study_dir, "prune") if t.state == optuna.trial.TrialState.PRUNED)
