@@ -2,13 +2,16 @@
 
 Each argument is a run directory (``.../version_N``), a directory of runs (``lightning_logs``), or a study's
 directory (its finished trials, from its ``study.db``). Runs are grouped by their config.yaml, seeds aside; the
-Markdown table shows what differs between groups, the number of seeds, the final test accuracy as mean ± std with a
-95% confidence interval (Student's t over seeds), the best validation accuracy and the wall time per run. The PNG
-shows a search's metric against each searched parameter, or the spread of each repeated config over its seeds.
+Markdown table (``comparison.md``; each run's own figures go to ``comparison.json``) shows what differs between
+groups, the number of seeds, the final test accuracy as mean ± std with a 95% confidence interval (Student's t over
+seeds), the best validation accuracy and the wall time per run (a study's trial: its whole fit; another run: from
+its first to its last logged event). The PNG shows a search's metric against each searched parameter, or the
+spread of each repeated config over its seeds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -76,7 +79,9 @@ def collect(target: Path, storage: str | None = None, study_name: str | None = N
                 run_dir = trial.user_attrs.get("run_dir")
                 done = trial.state == optuna.trial.TrialState.COMPLETE
                 if run_dir and (done or trial.state == optuna.trial.TrialState.PRUNED):
-                    runs.append(read_run(Path(run_dir), complete=done))
+                    run = read_run(Path(run_dir), complete=done)
+                    run.wall_s = trial.user_attrs.get("wall_s", run.wall_s)  # the whole fit, setup included
+                    runs.append(run)
         return runs
     if checkpoints.RUN_DIR.fullmatch(target.name):
         return [read_run(target)]
@@ -184,8 +189,21 @@ def report(targets: list[Path], out: Path | None = None, storage: str | None = N
     text = table(runs)
     out = Path(out or targets[0])
     (out / "comparison.md").write_text(text + "\n")
+    (out / "comparison.json").write_text(json.dumps(per_run(runs), indent=1) + "\n")
     png = figures.save(figure(runs), out / "comparison.png")
-    return f"{text}\n\nSaved {out / 'comparison.md'} and {png}"
+    return f"{text}\n\nSaved {out / 'comparison.md'}, comparison.json and {png}"
+
+
+def _shown(path: Path) -> str:
+    """A run's directory as a reader can follow it: relative to the working directory when it lies below it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def per_run(runs: list[Run]) -> list[dict[str, Any]]:
+    """Each run's figures behind the table, for a citation to point at: its directory, seed, accuracies and time."""
+    return [{"run": _shown(r.path), "seed": r.config.get("seed_everything"), "complete": r.complete,
+             "test_acc": r.test_acc, "best_val_acc": r.best_val, "wall_s": round(r.wall_s, 1),
+             "differs": {k: r.config.get(k) for k in differing_keys([x for x in runs if x.complete])}} for r in runs]
 
 
 def main(argv: list[str] | None = None) -> int:

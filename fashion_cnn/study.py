@@ -152,6 +152,8 @@ def objective(spec: study_file.Study, study_dir: Path):
             raise Stopped(result.status)
         trial.set_user_attr("wall_s", result.wall_s)
         trial.set_user_attr("threads", torch.get_num_threads())  # its wall time depends on them (frontier)
+        if (rss := resident_mb()) is not None:  # what the worker holds after this trial: a leak would grow it
+            trial.set_user_attr("rss_mb", rss)
         for key in ("final/test_acc", "best/val/acc", "val/acc"):
             if key in result.metrics:
                 trial.set_user_attr(key, result.metrics[key])
@@ -160,6 +162,15 @@ def objective(spec: study_file.Study, study_dir: Path):
         return result.metrics.get(f"best/{spec.metric}", result.metrics.get(spec.metric))
 
     return run_trial
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now, in MB (Linux's /proc; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribution):
@@ -308,7 +319,8 @@ def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
     repeat = study_dir / "winner_repeats.yaml"
     repeat.write_text(yaml.safe_dump({
         "name": f"{spec.name}_winner", "base": str(spec.base),
-        "overrides": {**spec.overrides, **best.params, "data.val_size": spec.val_size},
+        # The base config's protocol (its whole training set, its last epoch): comparable with its own repeats.
+        "overrides": {**spec.overrides, **best.params},
         "repeat": {"seeds": [0, 1, 2, 3, 4]}}, sort_keys=False))
     return (f"Winner: trial {best.number} {best.params}, {spec.metric} {best.value:.4f}; its test accuracy, "
             f"measured once: {100 * acc:.2f}% ({ckpt}).\nRepeat it over seeds: {PROG} {repeat}")

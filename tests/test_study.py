@@ -4,6 +4,7 @@ killed mid-trial that resumes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,7 @@ def test_a_search_selects_on_validation_and_measures_the_winner_once(tmp_path, c
     assert (study_dir / "comparison.md").is_file() and (study_dir / "comparison.png").is_file()
     winner = yaml.safe_load((study_dir / "winner_repeats.yaml").read_text())
     assert winner["repeat"]["seeds"] and "model.lr" in winner["overrides"]
+    assert "data.val_size" not in winner["overrides"]  # trained as the base config trains
     assert study_file.load(study_dir / "winner_repeats.yaml").seeds == [0, 1, 2, 3, 4]
 
 
@@ -184,6 +186,8 @@ def test_compare_any_runs(trained_run, tmp_path, capsys):
     assert compare.main([str(trained_run), str(trained_run), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| (same config) | 1 |" in out and (tmp_path / "comparison.md").is_file()
+    runs = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["run"] for r in runs] == [str(trained_run)] * 2 and runs[0]["test_acc"] > 0
     assert (tmp_path / "comparison.png").stat().st_size > 0
     assert compare.main([str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
