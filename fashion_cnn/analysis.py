@@ -39,14 +39,22 @@ class Predictions:
 
 
 def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-            normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 250) -> Predictions:
-    """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients."""
+            normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 250,
+            mirror: bool = False) -> Predictions:
+    """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients.
+
+    ``mirror``: test-time augmentation, the mean of the logits of each image and of its left-right mirror image (for
+    networks trained with horizontal flips, such as the strong config's)."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        return (net(x) + net(x.flip(-1))) / 2 if mirror else net(x)
+
     try:
         with torch.inference_mode():
-            logits = [net(normalize(images[i : i + batch_size].to(device))).float().cpu()
+            logits = [logits_of(normalize(images[i : i + batch_size].to(device))).float().cpu()
                       for i in range(0, len(images), batch_size)]
     finally:
         net.train(was_training)

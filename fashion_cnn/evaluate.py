@@ -23,26 +23,29 @@ from fashion_cnn.figures import evaluation_figures, save
 PROG = "python -m fashion_cnn.evaluate"
 
 
-def predictions_on_test_set(loaded: Loaded, data_dir: str | None = None) -> tuple[Predictions, torch.Tensor, Path]:
+def predictions_on_test_set(loaded: Loaded, data_dir: str | None = None,
+                            mirror: bool = False) -> tuple[Predictions, torch.Tensor, Path]:
     """The checkpoint's predictions on the test split, found like training found it (or under ``data_dir``).
 
     Batches have the training run's ``eval_batch_size`` and go through the datamodule's own ``normalize``, so the
-    inputs are bit-for-bit those of the run's final test.
+    inputs are bit-for-bit those of the run's final test. ``mirror`` averages in each image's mirror image.
     """
     hp = loaded.datamodule.hparams
     directory = locate(data_dir or hp.data_dir, allow_download=hp.download)
     images, labels = load_split(directory, "test", hp.verify)
-    preds = predict_logits(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size)
+    preds = predict_logits(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size,
+                           mirror=mirror)
     return preds, images, directory
 
 
-def metrics(loaded: Loaded, preds: Predictions, data_dir: Path) -> dict:
+def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, mirror: bool = False) -> dict:
     """Everything the command reports, as JSON-ready values."""
     cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
     scores = per_class_scores(cm)
     return {
         "checkpoint": str(loaded.path),
         "data_dir": str(data_dir),
+        "mirror": mirror,
         "num_images": len(preds.labels),
         "test_acc": preds.accuracy,
         "test_loss": preds.loss,
@@ -60,7 +63,8 @@ def summary(result: dict) -> str:
     n, acc = result["num_images"], result["test_acc"]
     width = max(len(c) for c in CLASSES)
     lines = [f"checkpoint:    {result['checkpoint']}",
-             f"test set:      {n} images from {result['data_dir']}",
+             f"test set:      {n} images from {result['data_dir']}"
+             + (", each averaged with its mirror image" if result.get("mirror") else ""),
              f"test accuracy: {100 * acc:.2f}% ({round(acc * n)}/{n})",
              f"test loss:     {result['test_loss']:.4f}",
              "",
@@ -92,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_arguments(p)
     p.add_argument("--data_dir", default=None, help="where the dataset is (default: the training run's data_dir)")
     p.add_argument("--out_dir", default=None, help="where to write the results (default: the checkpoint's run dir)")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time augmentation: average each image's logits with its mirror image's")
     args = p.parse_args(argv)
 
     def body() -> int:
         loaded = load(args.ckpt_path, args.logs_dir)
-        preds, images, directory = predictions_on_test_set(loaded, args.data_dir)
-        result = metrics(loaded, preds, directory)
+        preds, images, directory = predictions_on_test_set(loaded, args.data_dir, args.mirror)
+        result = metrics(loaded, preds, directory, args.mirror)
         print(summary(result))
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir
         written = write_outputs(result, preds, images, out_dir)

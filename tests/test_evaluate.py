@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from fashion_cnn import evaluate
@@ -39,3 +40,18 @@ def test_missing_data_is_one_line(trained_run, tmp_path, capsys, no_other_copies
                           "--out_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "error: FashionMNIST not found" in err
+
+
+def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, tmp_path):
+    from fashion_cnn.analysis import predict
+    from fashion_cnn.checkpoints import load
+
+    loaded = load(best_checkpoint(trained_run))
+    plain, images, _ = evaluate.predictions_on_test_set(loaded, str(FIXTURE))
+    mirrored = predict(loaded.net, images.flip(-1), plain.labels, loaded.datamodule.normalize)
+    both, _, _ = evaluate.predictions_on_test_set(loaded, str(FIXTURE), mirror=True)
+    assert torch.allclose(both.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
+    assert evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path),
+                          "--mirror"]) == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["mirror"] is True and result["test_acc"] == pytest.approx(both.accuracy)
