@@ -12,11 +12,11 @@ STUDY    ?= studies/fast_repeats.yaml
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train study test test-slow test-floors tensorboard report bench bench-fast lint clean
+.PHONY: help setup data train study test test-slow test-floors tensorboard report bench bench-fast frontier lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  Variables: CONFIG=seed|fast|strong|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N  STUDY=studies/FILE.yaml"
+	@echo "  Variables: CONFIG=seed|fast|strong|gpu|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N  STUDY=studies/FILE.yaml"
 
 setup: $(STAMP) ## Create .venv and install the project (quick when already done)
 
@@ -63,12 +63,17 @@ tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
 report: setup ## Draw a run's learning curves next to the notebook's into docs/learning_curves.png (RUN=newest)
 	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN))
 
-bench: data ## Seconds per epoch side by side: the notebook's loop, the bare floor, the project (ratios, JSON)
+bench: data ## Seconds per epoch side by side: notebook loop, bare floor, bare Trainer, project (ratios, JSON)
 	$(PY) -m benchmarks.bench --data_dir $(DATA_DIR) $(ARGS)
 
 bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the fast config
 	$(PY) -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast --epochs 40 --data_dir $(DATA_DIR) \
 	  --json benchmarks/results/bench_fast.json $(ARGS)
+
+frontier: data ## Time to 88.5..95% test accuracy of fast and strong (runs their repeat studies first, 1 worker)
+	$(PY) -m fashion_cnn.study studies/fast_repeats.yaml --workers 1
+	$(PY) -m fashion_cnn.study studies/strong_repeats.yaml --workers 1
+	$(PY) -m benchmarks.frontier --json benchmarks/results/frontier.json
 
 lint: setup ## Check the code with ruff
 	$(VENV)/bin/ruff check .

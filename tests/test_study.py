@@ -192,3 +192,27 @@ def test_compare_any_runs(trained_run, tmp_path, capsys):
     assert compare.main([str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no runs" in err
+
+
+def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypatch):
+    from benchmarks import frontier
+
+    path = write_study(tmp_path / "fast_repeats.yaml", repeat={"seeds": [0, 1]}, overrides={"trainer.max_epochs": 2})
+    study_dir = tmp_path / "fast_repeats"
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
+    curves = frontier.trial_curves(study_dir)
+    assert len(curves) == 2 and all(len(c) == 2 and 0 < c[0][0] < c[1][0] < c.wall_s for c in curves)
+    finals = sorted(t.value for t in trials(study_dir, "fast_repeats"))
+    assert sorted(c[-1][1] for c in curves) == pytest.approx(finals)  # the last epoch is what the study reports
+    assert frontier.first_reached(frontier.Trial([(5.0, 0.80), (9.0, 0.91)]), 0.90) == 9.0
+    assert frontier.first_reached(frontier.Trial([(5.0, 0.80)]), 0.90) is None
+
+    out = tmp_path / "frontier.json"
+    assert frontier.main([str(study_dir), "--bench", str(tmp_path / "none.json"), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| 88.5% | none yet | not reached | - |" in table and "| `fast` | 2 |" in table
+    assert json.loads(out.read_text())["last_epoch"]["fast"]["acc"] == [c[-1][1] for c in curves]
+
+    monkeypatch.setattr(frontier, "full_threads", lambda: 64)  # trials with fewer threads than that are left out
+    with pytest.raises(SystemExit, match="no finished trial run with 64 threads"):
+        frontier.main([str(study_dir)])

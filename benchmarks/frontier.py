@@ -1,0 +1,130 @@
+"""Time to accuracy: how soon each shipped config first reaches 88.5, 90, 92, 93, 94 and 95% test accuracy.
+
+    python -m benchmarks.frontier [STUDY_DIR ...] [--json benchmarks/results/frontier.json]
+    make frontier     # runs studies/{fast,strong}_repeats.yaml with --workers 1 first (finished trials are kept)
+
+Each STUDY_DIR is a repeat study (default: lightning_logs/studies/fast_repeats and strong_repeats). For every trial,
+the time of an epoch is its ``test/acc`` event's wall time minus the trial's start, as Optuna recorded it: the whole
+fit (parsing, loading the data, building the model, training, testing) but not the interpreter's start and imports,
+which a study pays once. A time is the mean over the seeds; a target that not every seed reaches says how many did.
+"shortest" is the quickest config all of whose seeds reached the target. Trials that ran with fewer torch threads
+than a process gets here by default (``--workers 2``) are left out: their time is not what one command takes here.
+The notebook's own loop comes from ``make bench-fast`` (benchmarks/results/bench_fast.json), which times it from its
+process's start.
+
+A first-reached test accuracy is optimistic (it picks the moment by looking at the test set); the last table is the
+honest one: each config's last-epoch accuracy, with no epoch chosen, and its whole wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import optuna
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from benchmarks.bench import ROOT, circumstances
+from fashion_cnn.compare import mean_std_ci
+
+TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
+DEFAULT_STUDIES = ("fast_repeats", "strong_repeats")
+
+
+class Trial(list):
+    """One complete trial's (seconds since it started, test accuracy) after every epoch, and its whole fit's time."""
+
+    wall_s: float
+
+
+def trial_curves(study_dir: Path) -> list[Trial]:
+    """The complete trials of a study that ran with every core."""
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    curves = []
+    for summary in optuna.get_all_study_summaries(storage):
+        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).trials:
+            if trial.state != optuna.trial.TrialState.COMPLETE or trial.user_attrs.get("threads") != full_threads():
+                continue
+            events = EventAccumulator(trial.user_attrs["run_dir"], size_guidance={"scalars": 0})
+            events.Reload()
+            start = trial.datetime_start.timestamp()
+            curve = Trial((e.wall_time - start, e.value) for e in events.Scalars("test/acc"))
+            curve.wall_s = trial.user_attrs["wall_s"]
+            curves.append(curve)
+    return curves
+
+
+def full_threads() -> int:
+    """The torch threads a process gets here by default (every physical core): what one command would use."""
+    return torch.get_num_threads()
+
+
+def first_reached(curve: Trial, target: float) -> float | None:
+    return next((t for t, acc in curve if acc >= target), None)
+
+
+def notebook_times(bench_json: Path) -> dict[float, float | None]:
+    """The notebook loop's seconds to each target from ``make bench-fast`` (it stops at that run's target)."""
+    if not bench_json.is_file():
+        return {}
+    epochs = json.loads(bench_json.read_text())["results"]["notebook"]["epochs"]
+    return {t: next((e["wall"] for e in epochs if e["acc"] >= t), None) for t in TARGETS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontier", description=__doc__.split("\n")[0])
+    p.add_argument("studies", nargs="*", type=Path,
+                   default=[ROOT / "lightning_logs" / "studies" / s for s in DEFAULT_STUDIES])
+    p.add_argument("--bench", type=Path, default=ROOT / "benchmarks" / "results" / "bench_fast.json",
+                   help="make bench-fast's JSON, for the notebook loop's column")
+    p.add_argument("--json", type=Path, help="also write the figures and the circumstances here")
+    args = p.parse_args(argv)
+    configs: dict[str, list] = {}
+    for study_dir in args.studies:
+        if not (study_dir / "study.db").is_file():
+            sys.exit(f"{p.prog}: error: no study in {study_dir}; run it first (make frontier does)")
+        curves = trial_curves(study_dir)
+        if not curves:
+            sys.exit(f"{p.prog}: error: {study_dir} has no finished trial run with {full_threads()} threads; "
+                     "run it with --workers 1")
+        configs[study_dir.name.removesuffix("_repeats")] = curves
+    notebook = notebook_times(args.bench)
+
+    record: dict = {**circumstances(), "bench_fast": str(args.bench), "reached": {}, "last_epoch": {}}
+    head = ["target", "shortest", *(f"`{c}`" for c in configs), "notebook loop"]
+    rows = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for target in TARGETS:
+        cells, record["reached"][str(target)], every_seed = [], {}, {}
+        for name, curves in configs.items():
+            times = [t for c in curves if (t := first_reached(c, target)) is not None]
+            record["reached"][str(target)][name] = {"seconds": [round(t, 1) for t in times], "runs": len(curves)}
+            cell = f"{statistics.fmean(times):.0f} s" if times else "not reached"
+            cells.append(cell if len(times) in (0, len(curves)) else f"{cell} ({len(times)} of {len(curves)} seeds)")
+            if times and len(times) == len(curves):
+                every_seed[name] = statistics.fmean(times)
+        reached = notebook.get(target)
+        cells.append(f"{reached:.0f} s" if reached else ("not reached in 40 epochs" if notebook else "-"))
+        best = min(every_seed, key=every_seed.get) if every_seed else None
+        cells.insert(0, f"{every_seed[best]:.0f} s (`{best}`)" if best else "none yet")
+        rows.append(f"| {100 * target:g}% | {' | '.join(cells)} |")
+    rows += ["", "| config | seeds | last-epoch test accuracy (mean ± std) | wall time per run (mean) |",
+             "|---|---|---|---|"]
+    for name, curves in configs.items():
+        mean, std, _ = mean_std_ci([100 * c[-1][1] for c in curves])
+        wall = statistics.fmean(c.wall_s for c in curves)
+        record["last_epoch"][name] = {"acc": [c[-1][1] for c in curves],
+                                      "seconds": [round(c.wall_s, 1) for c in curves]}
+        rows.append(f"| `{name}` | {len(curves)} | {mean:.2f}% ± {std:.2f} | {wall:.0f} s |")
+    print("\n".join(rows))
+    if args.json:
+        record["table"] = "\n".join(rows)
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
