@@ -14,6 +14,8 @@ that test accuracy, timed from its process's start.
 - notebook: the notebook's code (torchvision's FashionMNIST class, per-image ToTensor + Normalize, DataLoader).
 - floor:    the same SGD steps on normalised tensors already in memory; no framework, no logging.
 - floor_cl: the floor with the network in channels-last memory format (what the seed config uses).
+- bare:     the project's module and data in a bare Lightning Trainer (no logger, checkpoints or callbacks): what
+            Lightning's own loop costs over floor_cl (bare.py).
 - project:  ``python -m fashion_cnn.fit --config seed`` (Lightning, torchmetrics, TensorBoard, checkpoints).
 
 The JSON file also records what a citation needs: when, the command line, the commit, versions, CPUs and load.
@@ -35,7 +37,7 @@ from pathlib import Path
 from benchmarks.turns import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("notebook", "floor", "floor_cl", "project")
+VARIANTS = ("notebook", "floor", "floor_cl", "bare", "project")
 
 
 def command(name: str, epochs: int, config: str, target: float | None, data_dir: str) -> list[str]:
@@ -48,7 +50,9 @@ def command(name: str, epochs: int, config: str, target: float | None, data_dir:
         if target is None:  # timing epochs; to reach a target, the config's own schedule decides the length
             cmd += ["--trainer.max_epochs", str(epochs)]
         return cmd
-    return [sys.executable, "-c", f"from benchmarks import workers; workers.{name}({epochs}, {target!r}, {data_dir!r})"]
+    module = "bare" if name == "bare" else "workers"
+    call = f"{module}.{name}({epochs}, {target!r}, {data_dir!r})"
+    return [sys.executable, "-c", f"from benchmarks import {module}; {call}"]
 
 
 def summary(worker: Worker, target: float | None) -> dict:
@@ -121,13 +125,16 @@ def circumstances() -> dict:
 
 
 def print_ratios(results: dict[str, dict]) -> dict[str, dict]:
-    """The project's paired time ratio and peak-RSS ratio to each other variant, printed and returned."""
+    """Paired time ratios and peak-RSS ratios, printed and returned: the project's to every other variant, and the
+    bare Trainer's to the channels-last floor (what Lightning's loop itself costs)."""
     ratios = {}
-    for other in ("notebook", "floor", "floor_cl"):
-        if "project" in results and other in results:
-            ratios[other] = {"time": paired_ratio(results["project"], results[other]),
-                             "peak_rss": results["project"]["peak_rss_gb"] / results[other]["peak_rss_gb"]}
-            print(f"project/{other:<8} time {ratios[other]['time']:5.2f}x   peak RSS {ratios[other]['peak_rss']:5.2f}x")
+    pairs = [("project", other) for other in ("notebook", "floor", "floor_cl", "bare")] + [("bare", "floor_cl")]
+    for a, b in pairs:
+        if a in results and b in results:
+            key = b if a == "project" else f"{a}/{b}"  # "notebook": project/notebook, as in earlier JSON files
+            ratios[key] = {"time": paired_ratio(results[a], results[b]),
+                           "peak_rss": results[a]["peak_rss_gb"] / results[b]["peak_rss_gb"]}
+            print(f"{a + '/' + b:<17} time {ratios[key]['time']:5.2f}x   peak RSS {ratios[key]['peak_rss']:5.2f}x")
     return ratios
 
 
