@@ -141,7 +141,9 @@ class FashionCLI(LightningCLI):
         """Keep the last epoch, and with a validation split also the epoch with the best validation accuracy.
         Without one there is no "best": choosing an epoch by its test accuracy would report an optimistic figure."""
         if not self.datamodule.hparams.val_size:
-            return ModelCheckpoint(save_top_k=0, save_last=True)
+            # The newest epoch as the one kept checkpoint, named last.ckpt: Lightning writes save_last's copy only
+            # in a step that saved a top-k checkpoint, so save_top_k=0 would leave no checkpoint until the end.
+            return ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
         return ModelCheckpoint(monitor="val/acc", mode="max", save_last=True,
                                filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}", auto_insert_metric_name=False)
 
@@ -242,7 +244,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
         if trainer.interrupted:
             return _result(INTERRUPTED, trainer, start)
         checkpoint = trainer.checkpoint_callback  # no best one (no validation split, or no epoch evaluated): last epoch
-        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        best = "best" if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_path else None
         if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
             trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     except SIGTERMException:
@@ -272,7 +274,8 @@ def _result(status: int, trainer: L.Trainer, start: float) -> FitResult:
 def _where_to_resume(trainer) -> str:
     """How to continue a stopped run: from its last complete checkpoint, or from the start if it has none."""
     checkpoint = trainer.checkpoint_callback
-    last = Path(checkpoint.last_model_path) if checkpoint is not None and checkpoint.last_model_path else None
+    path = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)  # last.ckpt, either way
+    last = Path(path) if path else None
     if last is None or not last.is_file():
         return "it had saved no checkpoint yet: start it again"
     epoch = checkpoints.read(last)["epoch"] + 1
