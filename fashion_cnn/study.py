@@ -146,7 +146,12 @@ def objective(spec: study_file.Study, study_dir: Path):
         if spec.is_search:
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=spec.metric))
         print(f"{PROG}: trial {trial.number}: {params}", flush=True)
-        result = fit.train(argv, callbacks=callbacks)
+        try:
+            result = fit.train(argv, callbacks=callbacks)
+        except TrainingDiverged as err:  # a search's legitimate outcome: recorded as failed, said in one line
+            print(f"{PROG}: trial {trial.number} diverged: {err}", flush=True)
+            trial.set_user_attr("diverged", str(err))
+            return float("nan")
         if result.status != 0:  # Ctrl-C or SIGTERM: retried (from its last.ckpt) when the study runs again
             RetryHeartbeatStaleTrialCallback(max_retry=3)(trial.study, _frozen(trial))
             raise Stopped(result.status)
@@ -233,7 +238,7 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
         if not waiting and finished + running >= target:
             time.sleep(heartbeat)  # the rest are running elsewhere (or are stale and will be retried)
             continue
-        study.optimize(run_trial, n_trials=1, catch=(TrainingDiverged,))
+        study.optimize(run_trial, n_trials=1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,3 +216,19 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
     monkeypatch.setattr(frontier, "full_threads", lambda: 64)  # trials with fewer threads than that are left out
     with pytest.raises(SystemExit, match="no finished trial run with 64 threads"):
         frontier.main([str(study_dir)])
+
+
+def test_a_diverged_trial_is_one_line_and_the_search_goes_on(tmp_path, capsys):
+    path = write_study(tmp_path / "diverge.yaml", base="seed", search={
+        "trials": 2, "val_size": 100, "pruner": "none", "space": {"model.lr": {"low": 0.01, "high": 1e6, "log": True}}})
+    study_dir = tmp_path / "diverge"
+    study_dir.mkdir()
+    created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
+    for lr in (1e6, 0.05):  # the first diverges at once, the second learns
+        created.enqueue_trial({"model.lr": lr})
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
+    first, second = trials(study_dir, "diverge")
+    assert first.state == optuna.trial.TrialState.FAIL and "training loss became" in first.user_attrs["diverged"]
+    assert second.state == optuna.trial.TrialState.COMPLETE
+    captured = capsys.readouterr()
+    assert "trial 0 diverged: training loss became" in captured.out and "Traceback" not in captured.out + captured.err
