@@ -16,7 +16,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  Variables: CONFIG=seed|fast|quick|strong|gpu|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N  STUDY=studies/FILE.yaml"
+	@echo "  Variables: CONFIG=seed|fast|tiny|quick|strong|gpu|FILE  ARGS='--trainer.max_epochs 5 ...'  DATA_DIR=data  PORT=6006  RUN=lightning_logs/version_N  STUDY=studies/FILE.yaml"
 
 setup: $(STAMP) ## Create .venv and install the project (quick when already done)
 
@@ -70,8 +70,9 @@ bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the
 	$(PY) -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast --epochs 40 --data_dir $(DATA_DIR) \
 	  --json benchmarks/results/bench_fast.json $(ARGS)
 
-frontier: data ## Time to 88.5..95% test accuracy of fast, quick, strong (runs their repeat studies first, 1 worker)
+frontier: data ## Time to 88.5..95% test accuracy of the shipped configs (runs their repeat studies first, 1 worker)
 	$(PY) -m fashion_cnn.study studies/fast_repeats.yaml --workers 1
+	$(PY) -m fashion_cnn.study studies/tiny_repeats.yaml --workers 1
 	$(PY) -m fashion_cnn.study studies/quick_repeats.yaml --workers 1
 	$(PY) -m fashion_cnn.study studies/strong_repeats.yaml --workers 1
 	$(PY) -m benchmarks.frontier --json benchmarks/results/frontier.json

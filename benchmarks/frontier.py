@@ -1,9 +1,9 @@
 """Time to accuracy: how soon each shipped config first reaches 88.5, 90, 92, 93, 94 and 95% test accuracy.
 
     python -m benchmarks.frontier [STUDY_DIR ...] [--json benchmarks/results/frontier.json]
-    make frontier     # runs studies/{fast,quick,strong}_repeats.yaml with --workers 1 first (finished trials kept)
+    make frontier     # runs studies/{fast,tiny,quick,strong}_repeats.yaml with --workers 1 first (kept when done)
 
-Each STUDY_DIR is a repeat study (default: lightning_logs/studies/{fast,quick,strong}_repeats). For every trial,
+Each STUDY_DIR is a repeat study (default: lightning_logs/studies/{fast,tiny,quick,strong}_repeats). For every trial,
 the time of an epoch is its ``test/acc`` event's wall time minus the trial's start, as Optuna recorded it: the whole
 fit (parsing, loading the data, building the model, training, testing) but not the interpreter's start and imports,
 which a study pays once. A time is the mean over the seeds; a target that not every seed reaches says how many did.
@@ -32,7 +32,7 @@ from benchmarks.bench import ROOT, circumstances
 from fashion_cnn.compare import mean_std_ci
 
 TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
-DEFAULT_STUDIES = ("fast_repeats", "quick_repeats", "strong_repeats")
+DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong_repeats")
 
 
 class Trial(list):

@@ -1,4 +1,4 @@
-"""Train: ``python -m fashion_cnn.fit [--config seed|fast|quick|strong|gpu|FILE] [--trainer.max_epochs 5] ...``
+"""Train: ``python -m fashion_cnn.fit [--config seed|fast|tiny|quick|strong|gpu|FILE] [--trainer.max_epochs 5] ...``
 
 Built on LightningCLI: every argument of the Trainer, of :class:`~fashion_cnn.module.FashionClassifier`
 (``--model.*``) and of :class:`~fashion_cnn.datamodule.FashionMNISTDataModule` (``--data.*``) can be set on

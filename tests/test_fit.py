@@ -186,7 +186,7 @@ def test_train_returns_the_run_and_never_reads_the_test_set_for_model_selection(
     assert not any(tag.startswith(("test", "final")) for tag in scalars(result.run_dir))
 
 
-@pytest.mark.parametrize("config", ["fast", "quick", "strong", "gpu"])
+@pytest.mark.parametrize("config", ["fast", "tiny", "quick", "strong", "gpu"])
 def test_every_shipped_config_trains_and_tests(config, workdir):
     # Here on the CPU, so the gpu preset's accelerator, bf16 and compile are set aside; the rest is what it runs.
     cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.compile", "false"]
