@@ -264,10 +264,15 @@ def main(argv: list[str] | None = None) -> int:
 MAX_DEFAULT_WORKERS = 8  # each worker holds its own copy of the data and model (about 1 GB RSS)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a SLURM job's or a container's share, not the whole machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """One single-threaded trial per core: these small networks use a second thread poorly, so on 2 cores two
+    """One single-threaded trial per usable core: these small networks use a second thread poorly, so on 2 cores two
     1-thread workers ran 1.07x the trials per hour of one 2-thread worker (docs/studies.md)."""
-    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    return max(1, min(usable_cpus(), MAX_DEFAULT_WORKERS))
 
 
 def argparse_hidden() -> str:
@@ -333,7 +338,7 @@ def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
 
 def _spawn_workers(args, argv: list[str]) -> int:
     """``--workers N``: N copies of this command joining the same study, the cores split between them."""
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = max(1, usable_cpus() // args.workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     base = [a for a in argv if not a.startswith("--workers")]
     if "--workers" in argv:  # "--workers N" as two words
