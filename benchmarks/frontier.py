@@ -52,7 +52,11 @@ def trial_curves(study_dir: Path) -> list[Trial]:
             events = EventAccumulator(trial.user_attrs["run_dir"], size_guidance={"scalars": 0})
             events.Reload()
             start = trial.datetime_start.timestamp()
-            curve = Trial((e.wall_time - start, e.value) for e in events.Scalars("test/acc"))
+            points = [(e.wall_time - start, e.value) for e in events.Scalars("test/acc")]
+            if points and points[0][0] < 0:  # a retried trial resumed an earlier attempt's run: no single timeline
+                print(f"left out: trial {trial.number} of {study_dir.name} was resumed", file=sys.stderr)
+                continue
+            curve = Trial(points)
             curve.wall_s = trial.user_attrs["wall_s"]
             curves.append(curve)
     return curves
@@ -67,12 +71,18 @@ def first_reached(curve: Trial, target: float) -> float | None:
     return next((t for t, acc in curve if acc >= target), None)
 
 
-def notebook_times(bench_json: Path) -> dict[float, float | None]:
-    """The notebook loop's seconds to each target from ``make bench-fast`` (it stops at that run's target)."""
+def notebook_cells(bench_json: Path) -> dict[float, str]:
+    """The notebook loop's seconds to each target from ``make bench-fast``, which stops at its own ``--time-to``."""
     if not bench_json.is_file():
         return {}
-    epochs = json.loads(bench_json.read_text())["results"]["notebook"]["epochs"]
-    return {t: next((e["wall"] for e in epochs if e["acc"] >= t), None) for t in TARGETS}
+    record = json.loads(bench_json.read_text())
+    epochs, stop = record["results"]["notebook"]["epochs"], record["args"]["target"]
+    cells = {}
+    for target in TARGETS:
+        reached = next((e["wall"] for e in epochs if e["acc"] >= target), None)
+        cells[target] = (f"{reached:.0f} s" if reached is not None else
+                         f"not measured (bench-fast stops at {100 * stop:g}%)" if target > stop else "not reached")
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"{p.prog}: error: {study_dir} has no finished trial run with {full_threads()} threads; "
                      "run it with --workers 1")
         configs[study_dir.name.removesuffix("_repeats")] = curves
-    notebook = notebook_times(args.bench)
+    notebook = notebook_cells(args.bench)
 
     record: dict = {**circumstances(), "bench_fast": str(args.bench), "reached": {}, "last_epoch": {}}
     head = ["target", "shortest", *(f"`{c}`" for c in configs), "notebook loop"]
@@ -106,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(cell if len(times) in (0, len(curves)) else f"{cell} ({len(times)} of {len(curves)} seeds)")
             if times and len(times) == len(curves):
                 every_seed[name] = statistics.fmean(times)
-        reached = notebook.get(target)
-        cells.append(f"{reached:.0f} s" if reached else ("not reached in 40 epochs" if notebook else "-"))
+        cells.append(notebook.get(target, "-"))
         best = min(every_seed, key=every_seed.get) if every_seed else None
         cells.insert(0, f"{every_seed[best]:.0f} s (`{best}`)" if best else "none yet")
         rows.append(f"| {100 * target:g}% | {' | '.join(cells)} |")
