@@ -28,9 +28,13 @@ FIXTURE = ROOT / "tests" / "data" / "fashion_mnist_small"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.study_overhead", description=__doc__.split("\n")[0])
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--trials", type=int, default=20, help="at least 2")
     p.add_argument("--json", type=Path, help="also write the figures and the circumstances here")
     args = p.parse_args(argv)
+    if args.trials < 2:
+        p.error("--trials must be at least 2")
+    if study.resident_mb() is None:
+        p.error("resident memory is read from /proc/self/statm: Linux only")
     record = circumstances()
     with tempfile.TemporaryDirectory(prefix="study-overhead-") as tmp:
         spec = Path(tmp) / "overhead.yaml"

@@ -73,14 +73,13 @@ def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> P
     split keeps no other) its last epoch's."""
     if str(ckpt_path) in NAMED:
         checkpoints = newest_run(logs_dir) / "checkpoints"
-        pattern = "best*.ckpt" if str(ckpt_path) == "best" else "last*.ckpt"
-        # Newest first: a resumed run may have left an older best-*.ckpt beside the current one.
-        found = sorted(checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-        if not found and pattern.startswith("best"):
-            pattern, found = "best*.ckpt or last*.ckpt", sorted(checkpoints.glob("last*.ckpt"), reverse=True)
-        if not found:
-            raise CheckpointError(f"no {pattern} in {checkpoints}/; give --ckpt_path a .ckpt file from there")
-        return found[0]
+        patterns = ("best*.ckpt", "last*.ckpt") if str(ckpt_path) == "best" else ("last*.ckpt",)
+        for pattern in patterns:
+            # Newest first: a resumed run may have left an older best-*.ckpt beside the current one.
+            found = sorted(checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+            if found:
+                return found[0]
+        raise CheckpointError(f"no {' or '.join(patterns)} in {checkpoints}/; give --ckpt_path a .ckpt file from there")
     path = Path(ckpt_path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file "

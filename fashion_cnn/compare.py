@@ -201,9 +201,10 @@ def _shown(path: Path) -> str:
 
 def per_run(runs: list[Run]) -> list[dict[str, Any]]:
     """Each run's figures behind the table, for a citation to point at: its directory, seed, accuracies and time."""
+    keys = differing_keys([r for r in runs if r.complete])
     return [{"run": _shown(r.path), "seed": r.config.get("seed_everything"), "complete": r.complete,
              "test_acc": r.test_acc, "best_val_acc": r.best_val, "wall_s": round(r.wall_s, 1),
-             "differs": {k: r.config.get(k) for k in differing_keys([x for x in runs if x.complete])}} for r in runs]
+             "differs": {k: r.config.get(k) for k in keys}} for r in runs]
 
 
 def main(argv: list[str] | None = None) -> int:

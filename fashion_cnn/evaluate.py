@@ -78,14 +78,16 @@ def summary(result: dict) -> str:
 
 
 def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_dir: Path) -> list[Path]:
-    """metrics.json, confusion_matrix.png and mistakes.png in ``out_dir``."""
+    """metrics.json, confusion_matrix.png and mistakes.png in ``out_dir`` (``*_mirror.*`` with ``--mirror``, so
+    the plain evaluation beside them is kept)."""
     title = f"{Path(result['checkpoint']).name}: test accuracy {100 * result['test_acc']:.2f}%"
     matrix, mistakes = evaluation_figures(torch.tensor(result["confusion_matrix"]), preds, images, title)
+    tag = "_mirror" if result.get("mirror") else ""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        return [out_dir / "metrics.json", save(matrix, out_dir / "confusion_matrix.png"),
-                save(mistakes, out_dir / "mistakes.png")]
+        (out_dir / f"metrics{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+        return [out_dir / f"metrics{tag}.json", save(matrix, out_dir / f"confusion_matrix{tag}.png"),
+                save(mistakes, out_dir / f"mistakes{tag}.png")]
     except OSError as err:
         raise CommandError(f"cannot write the results to {out_dir} ({err.strerror or err}); "
                            f"choose a writable directory with --out_dir") from None

@@ -50,7 +50,8 @@ def test_best_and_last_are_those_of_the_newest_run_with_checkpoints(trained_run,
     (logs / "version_1" / "checkpoints").mkdir(parents=True)
     (logs / "version_1" / "checkpoints" / "last.ckpt").write_bytes(b"an older run")
     assert resolve("last", logs) == logs / "version_2" / "checkpoints" / "last.ckpt"
-    assert resolve("best", logs) == best_checkpoint(logs / "version_2")
+    # No validation split: the run kept only last.ckpt, which is the checkpoint it reported.
+    assert resolve("best", logs) == logs / "version_2" / "checkpoints" / "last.ckpt"
     assert run_dir_of(resolve("best", logs)) == logs / "version_2"
     loaded = load("best", logs)
     assert loaded.run_dir == logs / "version_2" and not loaded.net.training
@@ -145,3 +146,14 @@ def test_a_checkpoint_with_other_weights_than_its_network_is_one_line(trained_ru
     torch.save(checkpoint, mismatched)
     assert run_command("evaluate", str(mismatched), tmp_path) == 1
     assert_one_line_error(capsys, "evaluate", "cannot rebuild fashion_cnn.nets.StrongCNN", "state_dict")
+
+
+def test_best_is_the_newest_best_checkpoint_when_a_validation_split_picked_one(trained_run, tmp_path):
+    logs = tmp_path / "logs"
+    checkpoints = logs / "version_0" / "checkpoints"
+    shutil.copytree(trained_run, logs / "version_0")
+    older, newer = checkpoints / "best-epoch00-val_acc0.5000.ckpt", checkpoints / "best-epoch02-val_acc0.6000.ckpt"
+    for i, path in enumerate((older, newer)):  # a resumed run can leave an older best beside the current one
+        shutil.copy(checkpoints / "last.ckpt", path)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert resolve("best", logs) == newer and resolve("last", logs) == checkpoints / "last.ckpt"

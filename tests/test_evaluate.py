@@ -53,5 +53,6 @@ def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, 
     assert torch.allclose(both.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
     assert evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path),
                           "--mirror"]) == 0
-    result = json.loads((tmp_path / "metrics.json").read_text())
+    result = json.loads((tmp_path / "metrics_mirror.json").read_text())
     assert result["mirror"] is True and result["test_acc"] == pytest.approx(both.accuracy)
+    assert not (tmp_path / "metrics.json").exists()  # the plain evaluation's files are left alone
