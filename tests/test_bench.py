@@ -12,12 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks import workers
+from benchmarks import bare, workers
 from benchmarks.bench import circumstances, command, paired_ratio, summary
 from benchmarks.callback import BenchWorker
 from benchmarks.turns import READY, Worker, read_report, report, wait_for_turn
 from fashion_cnn import fit
 from tests.conftest import FIXTURE
+from tests.helpers import real_data_dir, requires_real_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,6 +137,16 @@ def test_every_variant_reports_through_the_same_protocol(tmp_path, monkeypatch):
         code = command(name, 6, "seed", 0.885, str(tmp_path))[-1]
         compile(code, name, "exec")
         assert callable(getattr(workers, name)) and f"workers.{name}(6, 0.885, " in code
+    code = command("bare", 6, "seed", 0.885, str(tmp_path))[-1]
+    assert callable(bare.bare) and "bare.bare(6, 0.885, " in code
+
+
+@requires_real_data
+def test_the_bare_trainer_variant_reports_each_epoch_and_stops_at_its_target(capsys, monkeypatch):
+    monkeypatch.delenv("BENCH_TURNS", raising=False)
+    bare.bare(3, 0.0, str(real_data_dir()))  # any accuracy reaches 0: it stops after the first epoch
+    reports = [r for line in capsys.readouterr().out.splitlines() if (r := read_report(line))]
+    assert [r["epoch"] for r in reports] == [1] and 0.5 < reports[0]["acc"] <= 1
 
 
 def test_a_real_project_run_prints_a_bench_line_per_epoch(tmp_path, monkeypatch, capsys):
