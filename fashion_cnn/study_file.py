@@ -79,7 +79,9 @@ class Study:
     def definition(self) -> str:
         """What makes two runs of a study the same study (the trial count may grow; nothing else may change)."""
         space = {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(self.space.items())}
-        return json.dumps({"base": self.base.read_text(), "overrides": self.overrides, "seeds": self.seeds,
+        # The base config's values, not its text: editing a comment in it does not make another study.
+        base = yaml.safe_load(self.base.read_text())
+        return json.dumps({"base": base, "overrides": self.overrides, "seeds": self.seeds,
                            "metric": self.metric, "direction": self.direction, "val_size": self.val_size,
                            "space": space}, sort_keys=True, default=str)
 

@@ -232,3 +232,14 @@ def test_a_diverged_trial_is_one_line_and_the_search_goes_on(tmp_path, capsys):
     assert second.state == optuna.trial.TrialState.COMPLETE
     captured = capsys.readouterr()
     assert "trial 0 diverged: training loss became" in captured.out and "Traceback" not in captured.out + captured.err
+
+
+def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  lr: 0.1\n")
+    spec = write_study(tmp_path / "s.yaml", base="base.yaml", repeat={"seeds": [0]})
+    before = study_file.load(spec).definition()
+    base.write_text("# a note about this recipe\nmodel:\n  lr: 0.1  # why 0.1\n")
+    assert study_file.load(spec).definition() == before
+    base.write_text("model:\n  lr: 0.2\n")
+    assert study_file.load(spec).definition() != before
