@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -35,10 +36,12 @@ TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
 DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong_repeats")
 
 
-class Trial(list):
-    """One complete trial's (seconds since it started, test accuracy) after every epoch, and its whole fit's time."""
+@dataclass
+class Trial:
+    """One complete trial: (seconds since it started, test accuracy) after every epoch, and its whole fit's time."""
 
-    wall_s: float
+    points: list[tuple[float, float]]
+    wall_s: float = 0.0
 
 
 def trial_curves(study_dir: Path) -> list[Trial]:
@@ -56,9 +59,7 @@ def trial_curves(study_dir: Path) -> list[Trial]:
             if points and points[0][0] < 0:  # a retried trial resumed an earlier attempt's run: no single timeline
                 print(f"left out: trial {trial.number} of {study_dir.name} was resumed", file=sys.stderr)
                 continue
-            curve = Trial(points)
-            curve.wall_s = trial.user_attrs["wall_s"]
-            curves.append(curve)
+            curves.append(Trial(points, trial.user_attrs["wall_s"]))
     return curves
 
 
@@ -68,7 +69,7 @@ def full_threads() -> int:
 
 
 def first_reached(curve: Trial, target: float) -> float | None:
-    return next((t for t, acc in curve if acc >= target), None)
+    return next((t for t, acc in curve.points if acc >= target), None)
 
 
 def notebook_cells(bench_json: Path) -> dict[float, str]:
@@ -123,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     rows += ["", "| config | seeds | last-epoch test accuracy (mean ± std) | wall time per run (mean) |",
              "|---|---|---|---|"]
     for name, curves in configs.items():
-        mean, std, _ = mean_std_ci([100 * c[-1][1] for c in curves])
+        mean, std, _ = mean_std_ci([100 * c.points[-1][1] for c in curves])
         wall = statistics.fmean(c.wall_s for c in curves)
-        record["last_epoch"][name] = {"acc": [c[-1][1] for c in curves],
+        record["last_epoch"][name] = {"acc": [c.points[-1][1] for c in curves],
                                       "seconds": [round(c.wall_s, 1) for c in curves]}
         rows.append(f"| `{name}` | {len(curves)} | {mean:.2f}% ± {std:.2f} | {wall:.0f} s |")
     print("\n".join(rows))

@@ -201,9 +201,10 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
     study_dir = tmp_path / "fast_repeats"
     assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
     curves = frontier.trial_curves(study_dir)
-    assert len(curves) == 2 and all(len(c) == 2 and 0 < c[0][0] < c[1][0] < c.wall_s for c in curves)
+    assert len(curves) == 2 and all(len(c.points) == 2 and 0 < c.points[0][0] < c.points[1][0] < c.wall_s
+                                    for c in curves)
     finals = sorted(t.value for t in trials(study_dir, "fast_repeats"))
-    assert sorted(c[-1][1] for c in curves) == pytest.approx(finals)  # the last epoch is what the study reports
+    assert sorted(c.points[-1][1] for c in curves) == pytest.approx(finals)  # the last epoch is what the study reports
     assert frontier.first_reached(frontier.Trial([(5.0, 0.80), (9.0, 0.91)]), 0.90) == 9.0
     assert frontier.first_reached(frontier.Trial([(5.0, 0.80)]), 0.90) is None
 
@@ -211,7 +212,7 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
     assert frontier.main([str(study_dir), "--bench", str(tmp_path / "none.json"), "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| 88.5% | none yet | not reached | - |" in table and "| `fast` | 2 |" in table
-    assert json.loads(out.read_text())["last_epoch"]["fast"]["acc"] == [c[-1][1] for c in curves]
+    assert json.loads(out.read_text())["last_epoch"]["fast"]["acc"] == [c.points[-1][1] for c in curves]
 
     monkeypatch.setattr(frontier, "full_threads", lambda: 64)  # trials with fewer threads than that are left out
     with pytest.raises(SystemExit, match="no finished trial run with 64 threads"):
