@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashion_cnn.nets import MirrorAverage
+
 
 @dataclass(frozen=True)
 class Predictions:
@@ -48,13 +50,10 @@ def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
-
-    def logits_of(x: torch.Tensor) -> torch.Tensor:
-        return (net(x) + net(x.flip(-1))) / 2 if mirror else net(x)
-
+    model = MirrorAverage(net) if mirror and not isinstance(net, MirrorAverage) else net
     try:
         with torch.inference_mode():
-            logits = [logits_of(normalize(images[i : i + batch_size].to(device))).float().cpu()
+            logits = [model(normalize(images[i : i + batch_size].to(device))).float().cpu()
                       for i in range(0, len(images), batch_size)]
     finally:
         net.train(was_training)

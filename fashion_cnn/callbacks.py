@@ -78,7 +78,8 @@ class PredictionPictures(L.Callback):
         self._logged_step = step
         net = getattr(pl_module, "net", pl_module)
         dm = trainer.datamodule
-        preds = predict(net, test_set.images, test_set.labels, dm.normalize, batch_size=dm.hparams.eval_batch_size)
+        preds = predict(net, test_set.images, test_set.labels, dm.normalize, batch_size=dm.hparams.eval_batch_size,
+                        mirror=pl_module.hparams.get("eval_mirror", False))
         cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
         recall = per_class_scores(cm)["recall"]
         logger.log_metrics({f"test_class_acc/{name}": float(recall[i]) for i, name in enumerate(CLASSES)}, step)

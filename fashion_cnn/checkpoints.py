@@ -22,7 +22,7 @@ from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.errors import FashionCNNError
-from fashion_cnn.nets import SeedCNN
+from fashion_cnn.nets import MirrorAverage, SeedCNN
 
 NAMED = ("best", "last")
 RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
@@ -44,6 +44,11 @@ class Loaded:
     @property
     def run_dir(self) -> Path:
         return run_dir_of(self.path)
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the run evaluated with mirror test-time augmentation (``model.eval_mirror``), and so ``net`` does."""
+        return isinstance(self.net, MirrorAverage)
 
     @property
     def mean(self) -> float:
@@ -158,8 +163,10 @@ def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) ->
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:
     """Resolve ``ckpt_path`` (a path, ``best`` or ``last``) and rebuild its network and data settings on the CPU.
 
-    The network is built from the checkpoint's ``net`` hyperparameter and given its ``net.*`` weights; no
-    LightningModule is made, so nothing named in the checkpoint but a network class is ever called.
+    A run trained with ``model.eval_mirror`` gives its network wrapped in :class:`~fashion_cnn.nets.MirrorAverage`,
+    so evaluate, predict and export see what the run's own test saw. The network is built from the checkpoint's
+    ``net`` hyperparameter and given its ``net.*`` weights; no LightningModule is made, so nothing named in the
+    checkpoint but a network class is ever called.
     """
     path = resolve(ckpt_path, logs_dir)
     checkpoint = read(path)
@@ -170,6 +177,8 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         net.load_state_dict(weights)
         if hparams.get("channels_last"):  # the memory format FashionClassifier trained and tested it in
             net = net.to(memory_format=torch.channels_last)
+        if hparams.get("eval_mirror"):  # evaluated as it was during training: averaged with mirror images
+            net = MirrorAverage(net)
         data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
         datamodule = FashionMNISTDataModule(**data_hparams)
     except (RuntimeError, KeyError, TypeError, ValueError, ImportError, AttributeError) as err:

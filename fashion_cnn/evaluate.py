@@ -28,7 +28,8 @@ def predictions_on_test_set(loaded: Loaded, data_dir: str | None = None,
     """The checkpoint's predictions on the test split, found like training found it (or under ``data_dir``).
 
     Batches have the training run's ``eval_batch_size`` and go through the datamodule's own ``normalize``, so the
-    inputs are bit-for-bit those of the run's final test. ``mirror`` averages in each image's mirror image.
+    inputs are bit-for-bit those of the run's final test. ``mirror`` averages in each image's mirror image (as a
+    run trained with ``model.eval_mirror`` always does).
     """
     hp = loaded.datamodule.hparams
     directory = locate(data_dir or hp.data_dir, allow_download=hp.download)
@@ -77,12 +78,10 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_dir: Path) -> list[Path]:
-    """metrics.json, confusion_matrix.png and mistakes.png in ``out_dir`` (``*_mirror.*`` with ``--mirror``, so
-    the plain evaluation beside them is kept)."""
+def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_dir: Path, tag: str = "") -> list[Path]:
+    """metrics{tag}.json, confusion_matrix{tag}.png and mistakes{tag}.png in ``out_dir``."""
     title = f"{Path(result['checkpoint']).name}: test accuracy {100 * result['test_acc']:.2f}%"
     matrix, mistakes = evaluation_figures(torch.tensor(result["confusion_matrix"]), preds, images, title)
-    tag = "_mirror" if result.get("mirror") else ""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"metrics{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -99,16 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", default=None, help="where the dataset is (default: the training run's data_dir)")
     p.add_argument("--out_dir", default=None, help="where to write the results (default: the checkpoint's run dir)")
     p.add_argument("--mirror", action="store_true",
-                   help="test-time augmentation: average each image's logits with its mirror image's")
+                   help="test-time augmentation: average each image's logits with its mirror image's (what a run "
+                        "trained with model.eval_mirror does anyway)")
     args = p.parse_args(argv)
 
     def body() -> int:
         loaded = load(args.ckpt_path, args.logs_dir)
         preds, images, directory = predictions_on_test_set(loaded, args.data_dir, args.mirror)
-        result = metrics(loaded, preds, directory, args.mirror)
+        result = metrics(loaded, preds, directory, args.mirror or loaded.mirrored)
         print(summary(result))
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir
-        written = write_outputs(result, preds, images, out_dir)
+        # --mirror on a run that did not test that way: *_mirror.* files, so the run's own evaluation is kept
+        tag = "_mirror" if args.mirror and not loaded.mirrored else ""
+        written = write_outputs(result, preds, images, out_dir, tag)
         print(f"\nwrote {', '.join(p.name for p in written)} to {out_dir}")
         return 0
 

@@ -37,6 +37,9 @@ class FashionClassifier(L.LightningModule):
         channels_last: channels-last memory format for the network: the same function, often faster convolutions
             (``make bench`` compares both on your machine).
         compile: ``torch.compile`` the network (in place, so checkpoints keep the plain ``net.*`` weights).
+        eval_mirror: test-time augmentation in every evaluation (val, test, the final test, and evaluate/predict/
+            export of the checkpoint): the mean of the logits of each image and of its mirror image. For networks
+            trained with horizontal flips; it doubles the cost of evaluating.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class FashionClassifier(L.LightningModule):
         schedule: Literal["constant", "onecycle"] = "constant",
         channels_last: bool = False,
         compile: bool = False,
+        eval_mirror: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # from a config, `net` is recorded as its class_path + init_args
@@ -99,6 +103,8 @@ class FashionClassifier(L.LightningModule):
     def _evaluate(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[MeanMetric, MulticlassAccuracy]:
         images, labels = batch
         logits = self(images)
+        if self.hparams.eval_mirror:  # as nets.MirrorAverage, which a loaded checkpoint uses (TorchScript-able)
+            logits = (logits + self(images.flip(-1))) / 2
         loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         loss.update(F.cross_entropy(logits, labels), weight=len(labels))
         acc.update(logits, labels)

@@ -80,3 +80,16 @@ class StrongCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class MirrorAverage(nn.Module):
+    """Test-time augmentation around ``net``: the mean of its logits for each image and for the image's left-right
+    mirror image. For networks trained with horizontal flips (a mirrored coat is still a coat); it doubles the cost
+    of a prediction."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x) + self.net(x.flip(-1))) / 2

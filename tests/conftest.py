@@ -68,3 +68,22 @@ def trained_run(tmp_path_factory) -> Path:
         os.chdir(previous)
     assert code == 0
     return root / "lightning_logs" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def mirror_run(tmp_path_factory) -> Path:
+    """One short run of a narrow StrongCNN with every augmentation and mirror test-time augmentation
+    (``model.eval_mirror``); returns its run directory."""
+    from fashion_cnn import fit
+    from tests.helpers import SMALL
+
+    root = tmp_path_factory.mktemp("mirror")
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        code = fit.main(["--config", "tiny", *SMALL, "--trainer.max_epochs", "1", "--trainer.callbacks", "[]",
+                         "--data.erase", "0.5", "--model.eval_mirror", "true"])
+    finally:
+        os.chdir(previous)
+    assert code == 0
+    return root / "lightning_logs" / "version_0"

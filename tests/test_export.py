@@ -63,3 +63,20 @@ def test_bad_formats_are_a_usage_error(trained_run, tmp_path, capsys, formats):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("python -m fashion_cnn.export: error: argument --formats")
     assert "choose from torchscript,onnx" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
+def test_a_mirror_run_exports_its_mirror_average(mirror_run, tmp_path):
+    loaded = load(mirror_run / "checkpoints" / "last.ckpt")
+    batch = loaded.datamodule.normalize(load_split(FIXTURE, "test", verify=False)[0][:7])
+    with torch.inference_mode():
+        expected = (loaded.net.net(batch) + loaded.net.net(batch.flip(-1))) / 2
+    assert export.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--formats", "torchscript"]) == 0
+    scripted = torch.jit.load(str(tmp_path / "last.torchscript.pt"))
+    assert torch.allclose(scripted(batch), expected, atol=1e-5, rtol=0)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    assert export.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--formats", "onnx"]) == 0
+    session = ort.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": batch.numpy()})
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5, rtol=0)

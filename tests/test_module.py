@@ -53,3 +53,19 @@ def test_compile_keeps_one_copy_of_the_weights_under_their_plain_names():
     plain, compiled = FashionClassifier(), FashionClassifier(compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert all(key.startswith("net.") for key in compiled.state_dict())
+
+
+def test_eval_mirror_tests_on_the_mean_of_each_images_and_its_mirror_images_logits(small_dm):
+    torch.manual_seed(0)
+    plain, mirror = FashionClassifier(), FashionClassifier(eval_mirror=True)
+    mirror.load_state_dict(plain.state_dict())
+    images = small_dm.normalize(small_dm.test_set.images[:100])
+    labels = small_dm.test_set.labels[:100]
+    plain.eval()
+    with torch.no_grad():
+        expected = (plain(images) + plain(images.flip(-1))) / 2
+        mirror.eval()
+        loss, acc = mirror._evaluate("test", (images, labels))
+    assert acc.compute() == (expected.argmax(1) == labels).float().mean()
+    torch.testing.assert_close(loss.compute(), torch.nn.functional.cross_entropy(expected, labels))
+    assert "eval_mirror" in mirror.hparams and list(mirror.state_dict()) == list(plain.state_dict())
