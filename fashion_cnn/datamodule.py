@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
-from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fashion_cnn.data_files import MEAN, STD, DataError, load_split, locate
@@ -69,6 +71,28 @@ def random_shift_flip(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return padded[batch, 0, rows, cols].unsqueeze(1)
 
 
+def random_erase(images: torch.Tensor, p: float, scale: tuple[float, float] = (0.02, 0.33),
+                 ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Batched random erasing (Zhong et al., 2020) on normalised [B, 1, H, W], in place: with probability ``p``
+    per image, a rectangle of ``scale`` of the image's area and aspect ratio in ``ratio`` is set to 0 (the mean).
+
+    Like torchvision's ``RandomErasing`` with ``value=0``, except that a rectangle too tall or wide for the image is
+    clipped to it instead of redrawn, which keeps the whole batch one tensor operation."""
+    b, _, h, w = images.shape
+    device = images.device
+    area = torch.empty(b, device=device).uniform_(*scale) * (h * w)
+    aspect = torch.empty(b, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    height = (area * aspect).sqrt().round().clamp(1, h).view(b, 1, 1)
+    width = (area / aspect).sqrt().round().clamp(1, w).view(b, 1, 1)
+    top = (torch.rand(b, 1, 1, device=device) * (h - height + 1)).floor()
+    left = (torch.rand(b, 1, 1, device=device) * (w - width + 1)).floor()
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    erase = torch.rand(b, 1, 1, device=device) < p
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width) & erase
+    return images.masked_fill_(inside.unsqueeze(1), 0.0)
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     """FashionMNIST, found and checked by :mod:`fashion_cnn.data_files`, served as normalised float batches.
 
@@ -88,6 +112,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         std: normalisation std (default: FashionMNIST's training-set std; the notebook used MNIST's 0.3081).
         augment: random shift (up to ``max_shift`` pixels) and horizontal flip of training batches.
         max_shift: the largest shift ``augment`` applies, in pixels.
+        erase: with ``augment``, the probability of random erasing each training image (a random rectangle set to
+            the mean; 0 turns it off).
         num_workers: DataLoader worker processes (batches are one gather, so 0 is usually fastest).
         verify: check image counts and SHA-256 against the official release (off only for cut-down copies).
         download: allow torchvision's download when no copy is found.
@@ -105,6 +131,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         std: PositiveFloat = STD,
         augment: bool = False,
         max_shift: NonNegativeInt = 2,
+        erase: ClosedUnitInterval = 0.0,
         num_workers: NonNegativeInt = 0,
         verify: bool = True,
         download: bool = True,
@@ -188,7 +215,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if not augment:
             return images.float().mul_(scale).sub_(self.hparams.mean / self.hparams.std)
         images = random_shift_flip(images.float().div_(255), pad=self.hparams.max_shift)
-        return images.sub_(self.hparams.mean).div_(self.hparams.std)
+        images = images.sub_(self.hparams.mean).div_(self.hparams.std)
+        return random_erase(images, self.hparams.erase) if self.hparams.erase else images
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         images, labels = batch

@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms import functional as TF
 
 from fashion_cnn.data_files import DataError
-from fashion_cnn.datamodule import EvalSampler, FashionMNISTDataModule, TensorImages, random_shift_flip
+from fashion_cnn.datamodule import EvalSampler, FashionMNISTDataModule, TensorImages, random_erase, random_shift_flip
 from tests.helpers import FIXTURE
 
 
@@ -91,6 +91,37 @@ def test_augmentation_is_a_shift_or_flip_of_each_image(pad):
     for i in range(32):
         assert any(torch.equal(out[i], c[i]) for c in candidates)
     assert not torch.equal(out, images)
+
+
+def test_random_erasing_zeroes_one_rectangle_of_the_erased_images_and_nothing_else():
+    torch.manual_seed(0)
+    images = torch.rand(256, 1, 28, 28) + 1  # no zeros of its own
+    out = random_erase(images.clone(), p=0.5)
+    erased = out == 0
+    counts = erased.sum(dim=(1, 2, 3))
+    assert 0.35 < (counts > 0).float().mean() < 0.65  # about half the images
+    assert torch.equal(out[~erased], images[~erased])  # every other pixel unchanged
+    for mask, n in zip(erased[:, 0], counts, strict=True):
+        if n:
+            rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+            height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+            assert n == height * width  # one filled rectangle
+            assert 0.02 * 784 - 10 <= n <= 0.33 * 784 + 30  # its area (rounded sides) in the default scale range
+    assert torch.equal(random_erase(images.clone(), p=0.0), images)
+
+
+def test_erase_applies_to_training_batches_only(small_dm):
+    images = small_dm.test_set.images[:64]
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True, max_shift=0,
+                                erase=1.0)
+    torch.manual_seed(0)
+    erased = dm.normalize(images, augment=True)
+    torch.manual_seed(0)
+    dm.hparams.erase = 0.0
+    flipped = dm.normalize(images, augment=True)  # the same flips: erasing draws after them
+    changed = ~torch.isclose(erased, flipped, atol=1e-6)
+    assert changed.flatten(1).any(1).float().mean() > 0.9 and (erased[changed] == 0).all()
+    torch.testing.assert_close(dm.normalize(images), small_dm.normalize(images))
 
 
 def test_max_shift_sets_how_far_training_images_move(small_dm):
