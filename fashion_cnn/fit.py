@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -81,6 +82,7 @@ class FashionCLI(LightningCLI):
         trainer = self.config.trainer
         if trainer.max_epochs is not None and trainer.max_epochs <= 0:
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
+        warn_if_slow_bfloat16(str(trainer.precision), str(trainer.accelerator))
         logger = trainer.logger
         if _is_tensorboard(logger):
             check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
@@ -164,6 +166,23 @@ def reserve_run_dir(log_root: Path) -> Path:
             return run_dir
         except FileExistsError:
             continue
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (what oneDNN checks before using its bf16 kernels)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def warn_if_slow_bfloat16(precision: str, accelerator: str) -> None:
+    """One line on stderr when bfloat16 would run on a CPU without native support for it (no AVX512-BF16 or AMX):
+    there oneDNN emulates it, and the presets that use it for speed (fast, strong) are slower than in float32."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision.startswith("bf16") and on_cpu and not cpu_has_bfloat16():
+        print(f"{PROG}: warning: this CPU has no native bfloat16, so precision {precision} is probably slower here "
+              f"than float32; add --trainer.precision 32-true", file=sys.stderr)
 
 
 def _is_launching_process() -> bool:

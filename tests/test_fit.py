@@ -193,3 +193,13 @@ def test_every_shipped_config_trains_and_tests(config, workdir):
     result = fit.train(["--config", config, *SMALL, "--trainer.max_epochs", "1", *(cpu if config == "gpu" else [])])
     assert result.status == 0 and 0.0 <= result.metrics["final/test_acc"] <= 1.0
     assert (result.run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(("precision", "native", "warned"), [("bf16-mixed", False, True), ("bf16-mixed", True, False),
+                                                             ("32-true", False, False)])
+def test_bfloat16_on_a_cpu_without_it_is_one_warning_line(workdir, capsys, monkeypatch, precision, native, warned):
+    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: native)
+    assert run_fit("--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.precision", precision) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "bfloat16" in line]
+    assert lines == (["python -m fashion_cnn.fit: warning: this CPU has no native bfloat16, so precision bf16-mixed "
+                      "is probably slower here than float32; add --trainer.precision 32-true"] if warned else [])
