@@ -5,12 +5,15 @@ directory (its finished trials, from its ``study.db``). Runs are grouped by thei
 Markdown table (``comparison.md``; each run's own figures go to ``comparison.json``) shows what differs between
 groups, the number of seeds, the final test accuracy as mean ± std with a 95% confidence interval (Student's t over
 seeds), the best validation accuracy and the wall time per run (a study's trial: its whole fit; another run: from
-its first to its last logged event). The PNG shows a search's metric against each searched parameter, or the
+its first to its last logged event). With ``--baseline RUN_OR_STUDY`` a column gives each group's gain over that
+group, paired by seed: the mean ± std of the per-seed differences, over the seeds both ran. The PNG shows a
+search's metric against each searched parameter, or the
 spread of each repeated config over its seeds.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import statistics
@@ -23,6 +26,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, commands, figures
+from fashion_cnn.datamodule import FashionMNISTDataModule
+from fashion_cnn.module import FashionClassifier
 
 PROG = "python -m fashion_cnn.compare"
 SEED_KEYS = {"seed_everything", "data.seed"}
@@ -53,9 +58,20 @@ def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's flat config with the model and data options added since it was made, at their defaults (which keep
+    the behaviour from before the option existed), so that the runs it is compared with do not differ by them."""
+    if config:
+        for prefix, cls in (("model.", FashionClassifier), ("data.", FashionMNISTDataModule)):
+            for name, param in inspect.signature(cls).parameters.items():
+                if param.default not in (None, inspect.Parameter.empty):
+                    config.setdefault(prefix + name, param.default)
+    return config
+
+
 def read_run(path: Path, complete: bool = True) -> Run:
     config_file = path / "config.yaml"
-    config = flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    config = with_defaults(flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {})
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -118,11 +134,28 @@ def groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
     return out
 
 
-def table(runs: list[Run]) -> str:
+def paired_gain(members: list[Run], baseline: list[Run]) -> str:
+    """``members``' gain over ``baseline`` in points, paired by seed: mean ± std of the per-seed differences (of
+    the final test accuracy, else of the best validation accuracy)."""
+    def by_seed(runs: list[Run]) -> dict[Any, float]:
+        return {r.config.get("seed_everything"): 100 * (r.test_acc if r.test_acc is not None else r.best_val)
+                for r in runs if r.test_acc is not None or r.best_val is not None}
+
+    ours, theirs = by_seed(members), by_seed(baseline)
+    diffs = [ours[seed] - theirs[seed] for seed in ours if seed in theirs]
+    if not diffs:
+        return "no common seed"
+    mean, std, _ = mean_std_ci(diffs)
+    return f"{mean:+.2f} ± {std:.2f} ({len(diffs)} seeds)" if len(diffs) > 1 else f"{mean:+.2f} (1 seed)"
+
+
+def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
     complete = [r for r in runs if r.complete]
     keys = differing_keys(complete)
-    rows = ["| what differs | seeds | test accuracy (mean ± std) | 95% CI | best val accuracy | wall time per run |",
-            "|---|---|---|---|---|---|"]
+    gain = " gain over the baseline (paired by seed) |" if baseline else ""
+    rows = ["| what differs | seeds | test accuracy (mean ± std) | 95% CI | best val accuracy | wall time per run |"
+            + gain, "|---|---|---|---|---|---|" + ("---|" if baseline else "")]
+    baseline_paths = {r.path for r in baseline or []}
     grouped = sorted(groups(complete, keys).items(), key=lambda g: -max((r.best_val or r.test_acc or 0) for r in g[1]))
     for values, members in grouped:
         label = ", ".join(f"{k}={_short(v)}" for k, v in zip(keys, values, strict=True)) or "(same config)"
@@ -137,7 +170,11 @@ def table(runs: list[Run]) -> str:
         val = f"{statistics.fmean(vals):.2f}%" if vals else "-"
         wall = statistics.fmean(r.wall_s for r in members)
         seeds = len({r.config.get("seed_everything") for r in members})
-        rows.append(f"| {label} | {seeds} | {test} | {ci} | {val} | {wall:.0f} s |")
+        row = f"| {label} | {seeds} | {test} | {ci} | {val} | {wall:.0f} s |"
+        if baseline:
+            is_baseline = {r.path for r in members} == baseline_paths
+            row += f" {'(the baseline)' if is_baseline else paired_gain(members, baseline)} |"
+        rows.append(row)
     pruned = len(runs) - len(complete)
     return "\n".join(rows) + (f"\n\n{pruned} pruned run(s) not in the table." if pruned else "")
 
@@ -180,17 +217,25 @@ def figure(runs: list[Run]):
 
 
 def report(targets: list[Path], out: Path | None = None, storage: str | None = None,
-           study_name: str | None = None) -> str:
-    """The Markdown comparison of ``targets``; also saved (with the PNG) as ``comparison.md`` and ``.png`` in
-    ``out`` (default: the first target's directory)."""
-    runs = [r for t in targets for r in collect(Path(t), storage, study_name)]
+           study_name: str | None = None, baseline: Path | None = None) -> str:
+    """The Markdown comparison of ``targets`` (and of ``baseline``, with each group's gain over it); also saved
+    (with the PNG) as ``comparison.md`` and ``.png`` in ``out`` (default: the first target's directory)."""
+    base_runs = [r for r in collect(Path(baseline), storage, study_name) if r.complete] if baseline else None
+    if baseline and not base_runs:
+        raise commands.CommandError(f"--baseline {baseline}: no finished runs there")
+    runs = [*(base_runs or []), *(r for t in targets for r in collect(Path(t), storage, study_name))]
     if not runs:
         raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}")
-    text = table(runs)
+    text = table(runs, base_runs)
     out = Path(out or targets[0])
-    (out / "comparison.md").write_text(text + "\n")
-    (out / "comparison.json").write_text(json.dumps(per_run(runs), indent=1) + "\n")
-    png = figures.save(figure(runs), out / "comparison.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.md").write_text(text + "\n")
+        (out / "comparison.json").write_text(json.dumps(per_run(runs), indent=1) + "\n")
+        png = figures.save(figure(runs), out / "comparison.png")
+    except OSError as err:
+        raise commands.CommandError(f"cannot write the comparison to {out} ({err.strerror or err}); "
+                                    f"choose a writable directory with --out") from None
     return f"{text}\n\nSaved {out / 'comparison.md'}, comparison.json and {png}"
 
 
@@ -211,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.parser("compare", "Compare runs and studies: a Markdown table and a PNG.")
     p.add_argument("targets", nargs="+", type=Path, help="run directories, lightning_logs directories or study dirs")
     p.add_argument("--out", type=Path, help="where to save comparison.md and .png (default: the first target)")
+    p.add_argument("--baseline", type=Path, help="a run or study to compare every group with, paired by seed")
     args = p.parse_args(argv)
-    return commands.run(PROG, lambda: print(report(args.targets, args.out)) or 0)
+    return commands.run(PROG, lambda: print(report(args.targets, args.out, baseline=args.baseline)) or 0)
 
 
 if __name__ == "__main__":

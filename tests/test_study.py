@@ -194,6 +194,45 @@ def test_compare_any_runs(trained_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "no runs" in err
 
 
+def test_compare_gives_each_groups_gain_over_a_baseline_paired_by_seed():
+    from fashion_cnn.compare import Run, table
+
+    def runs(accs: dict[int, float], **config) -> list[Run]:
+        return [Run(Path(f"/{config}/{seed}"), {"seed_everything": seed, **config}, acc, None, 10.0)
+                for seed, acc in accs.items()]
+
+    base = runs({0: 0.90, 1: 0.92, 2: 0.91}, **{"data.erase": 0.0})
+    erase = runs({0: 0.91, 1: 0.925, 2: 0.92, 3: 0.5}, **{"data.erase": 0.5})  # seed 3 has no partner
+    lines = table([*base, *erase], base).splitlines()
+    assert lines[0].endswith("| gain over the baseline (paired by seed) |")
+    rows = {line.split(" | ")[0]: line for line in lines[2:]}
+    assert rows["| data.erase=0"].endswith("| (the baseline) |")
+    assert rows["| data.erase=0.5"].endswith("| +0.83 ± 0.29 (3 seeds) |")
+
+
+def test_options_added_since_a_run_count_as_their_defaults():
+    from fashion_cnn.compare import with_defaults
+
+    old = with_defaults({"model.lr": 0.1, "data.batch_size": 64})  # a run made before erase and eval_mirror
+    assert old["data.erase"] == 0.0 and old["model.eval_mirror"] is False and old["model.lr"] == 0.1
+    assert with_defaults({}) == {}
+
+
+def test_compare_writes_where_asked_or_says_in_one_line_why_not(trained_run, tmp_path, capsys):
+    from fashion_cnn import compare
+
+    assert compare.main([str(trained_run), "--out", str(tmp_path / "new" / "dir")]) == 0
+    assert (tmp_path / "new" / "dir" / "comparison.md").is_file()
+    (tmp_path / "a_file").write_text("keep")
+    capsys.readouterr()
+    assert compare.main([str(trained_run), "--out", str(tmp_path / "a_file")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the comparison to" in err and "--out" in err
+    assert (tmp_path / "a_file").read_text() == "keep"
+    assert compare.main([str(trained_run), "--baseline", str(tmp_path / "nothing")]) == 1
+    assert "no runs" in capsys.readouterr().err
+
+
 def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypatch):
     from benchmarks import frontier
 
