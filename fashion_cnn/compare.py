@@ -7,8 +7,7 @@ groups, the number of seeds, the final test accuracy as mean ± std with a 95% c
 seeds), the best validation accuracy and the wall time per run (a study's trial: its whole fit; another run: from
 its first to its last logged event). With ``--baseline RUN_OR_STUDY`` a column gives each group's gain over that
 group, paired by seed: the mean ± std of the per-seed differences, over the seeds both ran. The PNG shows a
-search's metric against each searched parameter, or the
-spread of each repeated config over its seeds.
+search's metric against each searched parameter, or the spread of each repeated config over its seeds.
 """
 
 from __future__ import annotations
