@@ -162,8 +162,8 @@ def objective(spec: study_file.Study, study_dir: Path):
         for key in ("final/test_acc", "best/val/acc", "val/acc"):
             if key in result.metrics:
                 trial.set_user_attr(key, result.metrics[key])
-        if not spec.is_search:
-            return result.metrics["final/test_acc"]
+        if not spec.is_search:  # a repeat: its test accuracy, or with data.test=false its val-picked accuracy
+            return result.metrics.get("final/test_acc", result.metrics.get("best/val/acc"))
         return result.metrics.get(f"best/{spec.metric}", result.metrics.get(spec.metric))
 
     return run_trial

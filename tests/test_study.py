@@ -180,6 +180,18 @@ def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsy
     assert "pruned run(s) not in the table" in capsys.readouterr().out
 
 
+def test_a_repeat_on_a_validation_split_reports_each_seeds_validation_accuracy(tmp_path, capsys):
+    path = write_study(tmp_path / "val_repeats.yaml", repeat={"seeds": [0, 1]},
+                       overrides={"data.val_size": 100, "data.test": False})
+    assert study.main([str(path), "--dir", str(tmp_path / "val"), "--workers", "1"]) == 0
+    done = trials(tmp_path / "val", "val_repeats")
+    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.value for t in done] == [t.user_attrs["best/val/acc"] for t in done]
+    assert all("final/test_acc" not in t.user_attrs for t in done)
+    out = capsys.readouterr().out
+    assert "| (same config) | 2 | not measured (selection on val) |" in out
+
+
 def test_compare_any_runs(trained_run, tmp_path, capsys):
     from fashion_cnn import compare
 
