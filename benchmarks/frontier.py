@@ -30,7 +30,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmarks.bench import ROOT, circumstances
-from fashion_cnn.compare import mean_std_ci
+from fashion_cnn.compare import mean_std_ci, study_run_dir
 
 TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
 DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong_repeats")
@@ -52,7 +52,8 @@ def trial_curves(study_dir: Path) -> list[Trial]:
         for trial in optuna.load_study(study_name=summary.study_name, storage=storage).trials:
             if trial.state != optuna.trial.TrialState.COMPLETE or trial.user_attrs.get("threads") != full_threads():
                 continue
-            events = EventAccumulator(trial.user_attrs["run_dir"], size_guidance={"scalars": 0})
+            run_dir = study_run_dir(Path(trial.user_attrs["run_dir"]), study_dir)
+            events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
             events.Reload()
             start = trial.datetime_start.timestamp()
             points = [(e.wall_time - start, e.value) for e in events.Scalars("test/acc")]

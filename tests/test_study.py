@@ -190,6 +190,13 @@ def test_a_repeat_on_a_validation_split_reports_each_seeds_validation_accuracy(t
     assert all("final/test_acc" not in t.user_attrs for t in done)
     out = capsys.readouterr().out
     assert "| (same config) | 2 | not measured (selection on val) |" in out
+    # A study directory moved elsewhere (its database holds absolute paths) is compared with its own runs.
+    (tmp_path / "val").rename(tmp_path / "moved")
+    from fashion_cnn import compare
+
+    assert compare.main([str(tmp_path / "moved"), "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "comparison.json").read_text())
+    assert sorted(Path(r["run"]).parent.parent.name for r in runs) == ["moved", "moved"]
 
 
 def test_compare_any_runs(trained_run, tmp_path, capsys):
