@@ -74,6 +74,7 @@ frontier: data ## Time to 88.5..95% test accuracy of the shipped configs (runs t
 	$(PY) -m fashion_cnn.study studies/fast_repeats.yaml --workers 1
 	$(PY) -m fashion_cnn.study studies/tiny_repeats.yaml --workers 1
 	$(PY) -m fashion_cnn.study studies/quick_repeats.yaml --workers 1
+	$(PY) -m fashion_cnn.study studies/strong12_repeats.yaml --workers 1
 	$(PY) -m fashion_cnn.study studies/strong_repeats.yaml --workers 1
 	$(PY) -m benchmarks.frontier --json benchmarks/results/frontier.json
 

@@ -1,16 +1,16 @@
 """Time to accuracy: how soon each shipped config first reaches 88.5, 90, 92, 93, 94 and 95% test accuracy.
 
     python -m benchmarks.frontier [STUDY_DIR ...] [--json benchmarks/results/frontier.json]
-    make frontier     # runs studies/{fast,tiny,quick,strong}_repeats.yaml with --workers 1 first (kept when done)
+    make frontier     # first runs studies/{fast,tiny,quick,strong12,strong}_repeats.yaml, 1 worker (kept when done)
 
-Each STUDY_DIR is a repeat study (default: lightning_logs/studies/{fast,tiny,quick,strong}_repeats). For every trial,
-the time of an epoch is its ``test/acc`` event's wall time minus the trial's start, as Optuna recorded it: the whole
-fit (parsing, loading the data, building the model, training, testing) but not the interpreter's start and imports,
-which a study pays once. A time is the mean over the seeds; a target that not every seed reaches says how many did.
-"shortest" is the quickest config all of whose seeds reached the target. Trials that ran with fewer torch threads
-than a process gets here by default (``--workers 2``) are left out: their time is not what one command takes here.
-The notebook's own loop comes from ``make bench-fast`` (benchmarks/results/bench_fast.json), which times it from its
-process's start.
+Each STUDY_DIR is a repeat study (default: lightning_logs/studies/{fast,tiny,quick,strong12,strong}_repeats;
+strong12 is the strong config cut to 12 epochs). For every trial, the time of an epoch is its ``test/acc`` event's
+wall time minus the trial's start, as Optuna recorded it: the whole fit (parsing, loading the data, building the
+model, training, testing) but not the interpreter's start and imports, which a study pays once. A time is the mean
+over the seeds; a target that not every seed reaches says how many did. "shortest" is the quickest config all of
+whose seeds reached the target. Trials that ran with fewer torch threads than a process gets here by default
+(``--workers 2``) are left out: their time is not what one command takes here. The notebook's own loop comes from
+``make bench-fast`` (benchmarks/results/bench_fast.json), which times it from its process's start.
 
 A first-reached test accuracy is optimistic (it picks the moment by looking at the test set); the last table is the
 honest one: each config's last-epoch accuracy, with no epoch chosen, and its whole wall time.
@@ -33,7 +33,7 @@ from benchmarks.bench import ROOT, circumstances
 from fashion_cnn.compare import mean_std_ci, study_run_dir
 
 TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
-DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong_repeats")
+DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong12_repeats", "strong_repeats")
 
 
 @dataclass
