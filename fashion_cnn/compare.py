@@ -94,8 +94,7 @@ def collect(target: Path, storage: str | None = None, study_name: str | None = N
                 run_dir = trial.user_attrs.get("run_dir")
                 done = trial.state == optuna.trial.TrialState.COMPLETE
                 if run_dir and (done or trial.state == optuna.trial.TrialState.PRUNED):
-                    run = read_run(study_run_dir(Path(run_dir), target) if not storage else Path(run_dir),
-                                   complete=done)
+                    run = read_run(study_run_dir(Path(run_dir), target), complete=done)
                     run.wall_s = trial.user_attrs.get("wall_s", run.wall_s)  # the whole fit, setup included
                     runs.append(run)
         return runs
@@ -142,13 +141,14 @@ def groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
 
 
 def paired_gain(members: list[Run], baseline: list[Run]) -> str:
-    """``members``' gain over ``baseline`` in points, paired by seed: mean ± std of the per-seed differences (of
-    the final test accuracy, else of the best validation accuracy)."""
-    def by_seed(runs: list[Run]) -> dict[Any, float]:
-        return {r.config.get("seed_everything"): 100 * (r.test_acc if r.test_acc is not None else r.best_val)
-                for r in runs if r.test_acc is not None or r.best_val is not None}
-
-    ours, theirs = by_seed(members), by_seed(baseline)
+    """``members``' gain over ``baseline`` in points, paired by seed: mean ± std of the per-seed differences of the
+    final test accuracy, or of the best validation accuracy when either side was not tested."""
+    both = [*members, *baseline]
+    metric = "test_acc" if all(r.test_acc is not None for r in both) else "best_val"
+    if any(getattr(r, metric) is None for r in both):
+        return "no common metric"
+    ours, theirs = ({r.config.get("seed_everything"): 100 * getattr(r, metric) for r in runs}
+                    for runs in (members, baseline))
     diffs = [ours[seed] - theirs[seed] for seed in ours if seed in theirs]
     if not diffs:
         return "no common seed"
@@ -230,7 +230,11 @@ def report(targets: list[Path], out: Path | None = None, storage: str | None = N
     base_runs = [r for r in collect(Path(baseline), storage, study_name) if r.complete] if baseline else None
     if baseline and not base_runs:
         raise commands.CommandError(f"--baseline {baseline}: no finished runs there")
+    if base_runs and len(groups(base_runs, differing_keys(base_runs))) > 1:
+        raise commands.CommandError(f"--baseline {baseline}: its runs have different configs; give one config's "
+                                    f"runs (a repeat study or a run directory)")
     runs = [*(base_runs or []), *(r for t in targets for r in collect(Path(t), storage, study_name))]
+    runs = list({r.path.resolve(): r for r in runs}.values())  # the baseline may be a target too
     if not runs:
         raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}")
     text = table(runs, base_runs)

@@ -157,6 +157,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
+        if hp.erase and not hp.augment:
+            raise DataError(f"data.erase={hp.erase} does nothing without augmentation: add data.augment=true "
+                            f"(or drop data.erase)")
         if not hp.test and not hp.val_size:
             raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
         directory = locate(hp.data_dir, allow_download=hp.download)

@@ -169,10 +169,10 @@ def reserve_run_dir(log_root: Path) -> Path:
 
 
 def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (what oneDNN checks before using its bf16 kernels)."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them oneDNN emulates bfloat16."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # another architecture's or an older build: assume not
         return False
 
 

@@ -103,7 +103,9 @@ class FashionClassifier(L.LightningModule):
     def _evaluate(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[MeanMetric, MulticlassAccuracy]:
         images, labels = batch
         logits = self(images)
-        if self.hparams.eval_mirror:  # as nets.MirrorAverage, which a loaded checkpoint uses (TorchScript-able)
+        # nets.MirrorAverage computes this for loaded checkpoints; wrapping self.net here would register its weights
+        # twice in the state_dict and skip forward's channels-last input
+        if self.hparams.eval_mirror:
             logits = (logits + self(images.flip(-1))) / 2
         loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         loss.update(F.cross_entropy(logits, labels), weight=len(labels))

@@ -313,12 +313,14 @@ def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
     """The search's best trial, its test accuracy measured once (then kept in the study), and a repeat file for it."""
     from fashion_cnn import evaluate
     from fashion_cnn.checkpoints import load
+    from fashion_cnn.compare import study_run_dir
 
     try:
         best = study.best_trial
     except ValueError:
         return f"{PROG}: no trial completed, so no winner"
-    ckpt = next(iter(sorted((Path(best.user_attrs["run_dir"]) / "checkpoints").glob("best*.ckpt"))), None)
+    run_dir = study_run_dir(Path(best.user_attrs["run_dir"]), study_dir)
+    ckpt = next(iter(sorted((run_dir / "checkpoints").glob("best*.ckpt"))), None)
     if ckpt is None:
         return f"{PROG}: the best trial {best.number} left no best checkpoint"
     key = "winner_test_acc"

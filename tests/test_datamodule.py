@@ -110,6 +110,12 @@ def test_random_erasing_zeroes_one_rectangle_of_the_erased_images_and_nothing_el
     assert torch.equal(random_erase(images.clone(), p=0.0), images)
 
 
+def test_erase_without_augmentation_is_refused_in_one_line():
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, erase=0.5)
+    with pytest.raises(DataError, match=r"^data.erase=0.5 does nothing without augmentation: add data.augment=true"):
+        dm.setup()
+
+
 def test_erase_applies_to_training_batches_only(small_dm):
     images = small_dm.test_set.images[:64]
     dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True, max_shift=0,

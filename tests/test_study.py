@@ -16,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from fashion_cnn import study, study_file
+from fashion_cnn import commands, study, study_file
 from tests.helpers import FIXTURE, scalars, tree_digest
 
 ON_FIXTURE = {"data.data_dir": str(FIXTURE), "data.verify": False, "data.download": False,
@@ -206,7 +206,7 @@ def test_compare_any_runs(trained_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| (same config) | 1 |" in out and (tmp_path / "comparison.md").is_file()
     runs = json.loads((tmp_path / "comparison.json").read_text())
-    assert [r["run"] for r in runs] == [str(trained_run)] * 2 and runs[0]["test_acc"] > 0
+    assert [r["run"] for r in runs] == [str(trained_run)] and runs[0]["test_acc"] > 0  # named twice, counted once
     assert (tmp_path / "comparison.png").stat().st_size > 0
     assert compare.main([str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
@@ -227,6 +227,26 @@ def test_compare_gives_each_groups_gain_over_a_baseline_paired_by_seed():
     rows = {line.split(" | ")[0]: line for line in lines[2:]}
     assert rows["| data.erase=0"].endswith("| (the baseline) |")
     assert rows["| data.erase=0.5"].endswith("| +0.83 ± 0.29 (3 seeds) |")
+
+
+def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_run, mirror_run, tmp_path):
+    from fashion_cnn.compare import Run, paired_gain, report
+
+    tested = [Run(Path(f"/t{seed}"), {"seed_everything": seed}, 0.9, 0.8, 1.0) for seed in (0, 1)]
+    val_only = [Run(Path(f"/v{seed}"), {"seed_everything": seed}, None, 0.85, 1.0) for seed in (0, 1)]
+    assert paired_gain(tested, val_only) == "-5.00 ± 0.00 (2 seeds)"  # val against val, not test (0.9) against val
+    assert paired_gain(tested, [Run(Path("/x"), {"seed_everything": 0}, None, None, 1.0)]) == "no common metric"
+    # the baseline named again as a target: each of its runs once
+    text = report([trained_run, trained_run], tmp_path / "once", baseline=trained_run)
+    assert "| (same config) | 1 |" in text
+    assert len(json.loads((tmp_path / "once" / "comparison.json").read_text())) == 1
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "version_0").symlink_to(trained_run)
+    (mixed / "version_1").symlink_to(mirror_run)
+    with pytest.raises(commands.CommandError, match="its runs have different configs"):
+        report([trained_run], tmp_path / "no", baseline=mixed)
+    assert not (tmp_path / "no").exists()
 
 
 def test_options_added_since_a_run_count_as_their_defaults():
