@@ -30,7 +30,7 @@ from fashion_cnn.module import FashionClassifier
 
 PROG = "python -m fashion_cnn.compare"
 SEED_KEYS = {"seed_everything", "data.seed"}
-IGNORED = ("trainer.logger", "trainer.callbacks", "trainer.plugins", "ckpt_path", "trainer.enable_progress_bar")
+IGNORED = ("trainer.logger", "trainer.plugins", "ckpt_path", "trainer.enable_progress_bar")
 # Student's t, two-sided 95%, by degrees of freedom (1.96 beyond 30)
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
@@ -68,9 +68,22 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def callback_keys(callbacks: Any) -> dict[str, str]:
+    """A config's callbacks as one key each, ``trainer.callbacks.<Class>``: its arguments, so that runs which differ
+    by a callback (an EMA, say) differ by that key alone."""
+    keys = {}
+    for c in callbacks or []:
+        if isinstance(c, dict):
+            name = str(c.get("class_path", "?")).rsplit(".", 1)[-1]
+            keys[f"trainer.callbacks.{name}"] = ", ".join(f"{k}={v}" for k, v in (c.get("init_args") or {}).items())
+    return keys
+
+
 def read_run(path: Path, complete: bool = True) -> Run:
     config_file = path / "config.yaml"
-    config = with_defaults(flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {})
+    raw = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
+    config = with_defaults(flatten(raw)) | callback_keys(callbacks)
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -199,11 +212,12 @@ def figure(runs: list[Run]):
             if len(acc) > 1:
                 mean, _, half = mean_std_ci(acc)
                 ax.errorbar([i + 0.15], [mean], yerr=[half], fmt="s", color="black", capsize=4)
-        labels = ["\n".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)) or "runs"
+        labels = ["\n".join(f"{k.split('.')[-1]}={str(v)[:20]}" for k, v in zip(keys, values, strict=True)) or "runs"
                   for values in grouped]
         ax.set_xticks(range(len(grouped)), labels, fontsize=7)
         ax.set_xlim(-0.6, len(grouped) - 0.4)
-        ax.set_ylabel("final test accuracy (%)")
+        tested = all(r.test_acc is not None for r in complete)
+        ax.set_ylabel("final test accuracy (%)" if tested else "accuracy (%): test, else best validation")
         ax.set_title("Spread over seeds (black: mean, 95% CI)", fontsize=10)
         ax.grid(alpha=0.3)
         return fig

@@ -249,6 +249,17 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
     assert not (tmp_path / "no").exists()
 
 
+def test_runs_that_differ_by_a_callback_are_told_apart_by_it():
+    from fashion_cnn.compare import Run, callback_keys, differing_keys
+
+    common = [{"class_path": "fashion_cnn.callbacks.EpochSummary"}]
+    ema = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.99}}
+    plain, averaged = callback_keys(common), callback_keys([*common, ema])
+    assert averaged == {"trainer.callbacks.EpochSummary": "", "trainer.callbacks.EMAWeightAveraging": "decay=0.99"}
+    runs = [Run(Path(f"/{i}"), config, 0.9, None, 1.0) for i, config in enumerate((plain, averaged))]
+    assert differing_keys(runs) == ["trainer.callbacks.EMAWeightAveraging"]
+
+
 def test_options_added_since_a_run_count_as_their_defaults():
     from fashion_cnn.compare import with_defaults
 
