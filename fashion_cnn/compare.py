@@ -75,13 +75,16 @@ def callback_keys(callbacks: Any) -> dict[str, str]:
     for c in callbacks or []:
         if isinstance(c, dict):
             name = str(c.get("class_path", "?")).rsplit(".", 1)[-1]
-            keys[f"trainer.callbacks.{name}"] = ", ".join(f"{k}={v}" for k, v in (c.get("init_args") or {}).items())
+            args = (c.get("init_args") or {}).items()
+            keys[f"trainer.callbacks.{name}"] = ", ".join(f"{k}={v}" for k, v in args if v is not None)
     return keys
 
 
 def read_run(path: Path, complete: bool = True) -> Run:
     config_file = path / "config.yaml"
     raw = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
+        raise commands.CommandError(f"{config_file}: not a fit config (a mapping with trainer, model and data)")
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
     config = with_defaults(flatten(raw)) | callback_keys(callbacks)
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})
@@ -175,7 +178,7 @@ def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
     gain = " gain over the baseline (paired by seed) |" if baseline else ""
     rows = ["| what differs | seeds | test accuracy (mean ± std) | 95% CI | best val accuracy | wall time per run |"
             + gain, "|---|---|---|---|---|---|" + ("---|" if baseline else "")]
-    baseline_paths = {r.path for r in baseline or []}
+    baseline_paths = {r.path.resolve() for r in baseline or []}
     grouped = sorted(groups(complete, keys).items(), key=lambda g: -max((r.best_val or r.test_acc or 0) for r in g[1]))
     for values, members in grouped:
         label = ", ".join(f"{k}={_short(v)}" for k, v in zip(keys, values, strict=True)) or "(same config)"
@@ -192,7 +195,7 @@ def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
         seeds = len({r.config.get("seed_everything") for r in members})
         row = f"| {label} | {seeds} | {test} | {ci} | {val} | {wall:.0f} s |"
         if baseline:
-            is_baseline = {r.path for r in members} == baseline_paths
+            is_baseline = {r.path.resolve() for r in members} == baseline_paths
             row += f" {'(the baseline)' if is_baseline else paired_gain(members, baseline)} |"
         rows.append(row)
     pruned = len(runs) - len(complete)

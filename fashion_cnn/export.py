@@ -57,7 +57,8 @@ def sidecar(loaded: Loaded, files: list[Path]) -> dict:
         "files": [f.name for f in files],
         "input": {"name": "images", "shape": ["batch", *INPUT_SHAPE], "dtype": "float32",
                   "normalise": "x = (uint8_pixels / 255 - mean) / std; light object on black, like FashionMNIST"},
-        "output": {"name": "logits", "shape": ["batch", len(CLASSES)], "softmax": "for probabilities"},
+        "output": {"name": "logits", "shape": ["batch", len(CLASSES)], "softmax": "for probabilities",
+                   "mirror_average": loaded.mirrored},  # already averaged with the mirror image's (model.eval_mirror)
         "mean": loaded.mean,
         "std": loaded.std,
         "classes": list(CLASSES),

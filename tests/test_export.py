@@ -74,6 +74,7 @@ def test_a_mirror_run_exports_its_mirror_average(mirror_run, tmp_path):
     assert export.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--formats", "torchscript"]) == 0
     scripted = torch.jit.load(str(tmp_path / "last.torchscript.pt"))
     assert torch.allclose(scripted(batch), expected, atol=1e-5, rtol=0)
+    assert json.loads((tmp_path / "last.json").read_text())["output"]["mirror_average"] is True
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     assert export.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--formats", "onnx"]) == 0

@@ -249,6 +249,17 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
     assert not (tmp_path / "no").exists()
 
 
+def test_a_run_dir_whose_config_is_not_a_fit_config_is_one_line(tmp_path, capsys):
+    from fashion_cnn import compare
+
+    run = tmp_path / "version_0"
+    run.mkdir()
+    (run / "config.yaml").write_text("trainer: [not, a, mapping]\n")
+    assert compare.main([str(run), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a fit config" in err
+
+
 def test_runs_that_differ_by_a_callback_are_told_apart_by_it():
     from fashion_cnn.compare import Run, callback_keys, differing_keys
 
