@@ -139,7 +139,7 @@ def objective(spec: study_file.Study, study_dir: Path):
             params = {"seed": trial.suggest_categorical("seed", spec.seeds)}
         argv = [*spec.fit_args(params), "--trainer.logger.init_args.save_dir", str(study_dir),
                 "--trainer.logger.init_args.name", "lightning_logs", "--trainer.enable_progress_bar", "false"]
-        if (last := _last_checkpoint_of_retried(trial)) is not None:
+        if (last := _last_checkpoint_of_retried(trial, study_dir)) is not None:
             argv += ["--ckpt_path", str(last)]
             print(f"{PROG}: trial {trial.number} continues from {last}", flush=True)
         callbacks = [RecordRun(trial)]
@@ -187,13 +187,15 @@ def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribut
     return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
 
 
-def _last_checkpoint_of_retried(trial: optuna.Trial) -> Path | None:
+def _last_checkpoint_of_retried(trial: optuna.Trial, study_dir: Path) -> Path | None:
+    from fashion_cnn.compare import study_run_dir
+
     history = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
     if not history:
         return None
     number = history[-1]  # the attempt that died last: its run directory holds the newest last.ckpt
     run_dir = trial.study.trials[number].user_attrs.get("run_dir")
-    last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
+    last = study_run_dir(Path(run_dir), study_dir) / "checkpoints" / "last.ckpt" if run_dir else None
     return last if last is not None and last.is_file() else None
 
 
