@@ -30,7 +30,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmarks.bench import ROOT, circumstances
-from fashion_cnn.compare import mean_std_ci, study_run_dir
+from fashion_cnn.checkpoints import study_run_dir
+from fashion_cnn.compare import mean_std_ci
 
 TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
 DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong12_repeats", "strong_repeats")

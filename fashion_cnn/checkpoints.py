@@ -99,6 +99,13 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
+def study_run_dir(run_dir: Path, study_dir: Path) -> Path:
+    """A study's run as it lies now: a study keeps its runs in its own directory, so when that directory has been
+    moved or copied (the database holds absolute paths), the run is the one of the same name beside the database."""
+    here = study_dir / "lightning_logs" / run_dir.name
+    return here if not run_dir.is_relative_to(study_dir.resolve()) and here.is_dir() else run_dir
+
+
 def read(path: Path) -> dict:
     """The checkpoint dict, read with ``weights_only=True``; any failure becomes a :class:`CheckpointError`."""
     try:

@@ -110,7 +110,7 @@ def collect(target: Path, storage: str | None = None, study_name: str | None = N
                 run_dir = trial.user_attrs.get("run_dir")
                 done = trial.state == optuna.trial.TrialState.COMPLETE
                 if run_dir and (done or trial.state == optuna.trial.TrialState.PRUNED):
-                    run = read_run(study_run_dir(Path(run_dir), target), complete=done)
+                    run = read_run(checkpoints.study_run_dir(Path(run_dir), target), complete=done)
                     run.wall_s = trial.user_attrs.get("wall_s", run.wall_s)  # the whole fit, setup included
                     runs.append(run)
         return runs
@@ -122,13 +122,6 @@ def collect(target: Path, storage: str | None = None, study_name: str | None = N
     if not found:
         raise commands.CommandError(f"{target}: no runs (version_N directories) and no study.db here")
     return [read_run(p) for p in found]
-
-
-def study_run_dir(run_dir: Path, study_dir: Path) -> Path:
-    """A study's run as it lies now: a study keeps its runs in its own directory, so when that directory has been
-    moved or copied (the database holds absolute paths), the run is the one of the same name beside the database."""
-    here = study_dir / "lightning_logs" / run_dir.name
-    return here if not run_dir.is_relative_to(study_dir.resolve()) and here.is_dir() else run_dir
 
 
 def differing_keys(runs: list[Run]) -> list[str]:

@@ -28,6 +28,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from fashion_cnn import commands, fit, study_file
+from fashion_cnn.checkpoints import load, study_run_dir
 from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.module import TrainingDiverged
 
@@ -188,8 +189,6 @@ def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribut
 
 
 def _last_checkpoint_of_retried(trial: optuna.Trial, study_dir: Path) -> Path | None:
-    from fashion_cnn.compare import study_run_dir
-
     history = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
     if not history:
         return None
@@ -314,8 +313,6 @@ def _run(args, argv: list[str]) -> int:
 def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
     """The search's best trial, its test accuracy measured once (then kept in the study), and a repeat file for it."""
     from fashion_cnn import evaluate
-    from fashion_cnn.checkpoints import load
-    from fashion_cnn.compare import study_run_dir
 
     try:
         best = study.best_trial
