@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_cnn.nets import MirrorAverage
+from fashion_cnn.nets import ViewAverage
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,9 @@ def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
-    model = MirrorAverage(net) if mirror and not isinstance(net, MirrorAverage) else net
+    model = net
+    if mirror and not (isinstance(net, ViewAverage) and net.mirror):  # add mirror images to whatever views net has
+        model = ViewAverage(net.net, True, net.shift, net.fill) if isinstance(net, ViewAverage) else ViewAverage(net)
     try:
         with torch.inference_mode():
             logits = [model(normalize(images[i : i + batch_size].to(device))).float().cpu()

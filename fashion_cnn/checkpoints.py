@@ -22,7 +22,7 @@ from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.errors import FashionCNNError
-from fashion_cnn.nets import MirrorAverage, SeedCNN
+from fashion_cnn.nets import SeedCNN, ViewAverage
 
 NAMED = ("best", "last")
 RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
@@ -48,7 +48,12 @@ class Loaded:
     @property
     def mirrored(self) -> bool:
         """Whether the run evaluated with mirror test-time augmentation (``model.eval_mirror``), and so ``net`` does."""
-        return isinstance(self.net, MirrorAverage)
+        return isinstance(self.net, ViewAverage) and self.net.mirror
+
+    @property
+    def shift(self) -> int:
+        """The shifted test-time views ``net`` averages in (``model.final_shift``, pixels; 0: none)."""
+        return self.net.shift if isinstance(self.net, ViewAverage) else 0
 
     @property
     def mean(self) -> float:
@@ -170,10 +175,10 @@ def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) ->
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:
     """Resolve ``ckpt_path`` (a path, ``best`` or ``last``) and rebuild its network and data settings on the CPU.
 
-    A run trained with ``model.eval_mirror`` gives its network wrapped in :class:`~fashion_cnn.nets.MirrorAverage`,
-    so evaluate, predict and export see what the run's own test saw. The network is built from the checkpoint's
-    ``net`` hyperparameter and given its ``net.*`` weights; no LightningModule is made, so nothing named in the
-    checkpoint but a network class is ever called.
+    A run trained with ``model.eval_mirror`` or ``model.final_shift`` gives its network wrapped in
+    :class:`~fashion_cnn.nets.ViewAverage`, so evaluate, predict and export see what the run's own final test saw.
+    The network is built from the checkpoint's ``net`` hyperparameter and given its ``net.*`` weights; no
+    LightningModule is made, so nothing named in the checkpoint but a network class is ever called.
     """
     path = resolve(ckpt_path, logs_dir)
     checkpoint = read(path)
@@ -184,10 +189,12 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         net.load_state_dict(weights)
         if hparams.get("channels_last"):  # the memory format FashionClassifier trained and tested it in
             net = net.to(memory_format=torch.channels_last)
-        if hparams.get("eval_mirror"):  # evaluated as it was during training: averaged with mirror images
-            net = MirrorAverage(net)
         data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
         datamodule = FashionMNISTDataModule(**data_hparams)
+        mirror, shift = bool(hparams.get("eval_mirror")), int(hparams.get("final_shift") or 0)
+        if mirror or shift:  # averaged over the views the run's final test averaged over
+            black = -datamodule.hparams.mean / datamodule.hparams.std
+            net = ViewAverage(net, mirror=mirror, shift=shift, fill=black)
     except (RuntimeError, KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
         first = " ".join(str(err).split("\n")[0].split())[:200]
         raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first}); it may "

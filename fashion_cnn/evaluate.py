@@ -47,6 +47,7 @@ def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, mirror: bool = F
         "checkpoint": str(loaded.path),
         "data_dir": str(data_dir),
         "mirror": mirror,
+        "shift": loaded.shift,  # shifted views averaged in (model.final_shift), pixels
         "num_images": len(preds.labels),
         "test_acc": preds.accuracy,
         "test_loss": preds.loss,
@@ -65,7 +66,8 @@ def summary(result: dict) -> str:
     width = max(len(c) for c in CLASSES)
     lines = [f"checkpoint:    {result['checkpoint']}",
              f"test set:      {n} images from {result['data_dir']}"
-             + (", each averaged with its mirror image" if result.get("mirror") else ""),
+             + (", each averaged with its mirror image" if result.get("mirror") else "")
+             + (f", and with its views shifted by {result['shift']} pixel(s)" if result.get("shift") else ""),
              f"test accuracy: {100 * acc:.2f}% ({round(acc * n)}/{n})",
              f"test loss:     {result['test_loss']:.4f}",
              "",

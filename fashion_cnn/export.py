@@ -58,7 +58,9 @@ def sidecar(loaded: Loaded, files: list[Path]) -> dict:
         "input": {"name": "images", "shape": ["batch", *INPUT_SHAPE], "dtype": "float32",
                   "normalise": "x = (uint8_pixels / 255 - mean) / std; light object on black, like FashionMNIST"},
         "output": {"name": "logits", "shape": ["batch", len(CLASSES)], "softmax": "for probabilities",
-                   "mirror_average": loaded.mirrored},  # already averaged with the mirror image's (model.eval_mirror)
+                   # already averaged over test-time views: mirror images (model.eval_mirror), shifted images
+                   # (model.final_shift, pixels)
+                   "mirror_average": loaded.mirrored, "shift_average": loaded.shift},
         "mean": loaded.mean,
         "std": loaded.std,
         "classes": list(CLASSES),

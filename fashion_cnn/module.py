@@ -7,14 +7,14 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_cnn.data_files import NUM_CLASSES
 from fashion_cnn.errors import FashionCNNError
-from fashion_cnn.nets import SeedCNN
+from fashion_cnn.nets import SeedCNN, views
 
 METRIC_SPLITS = ("train", "val", "test")
 
@@ -40,6 +40,10 @@ class FashionClassifier(L.LightningModule):
         eval_mirror: test-time augmentation in every evaluation (val, test, the final test, and evaluate/predict/
             export of the checkpoint): the mean of the logits of each image and of its mirror image. For networks
             trained with horizontal flips; it doubles the cost of evaluating.
+        final_shift: more test-time augmentation, in the final test and in evaluate/predict/export of the
+            checkpoint only: each image is also seen shifted by this many pixels down, up, right and left (with their
+            mirror images under ``eval_mirror``). Five times the views, so the per-epoch evaluations (and the choice
+            of the best checkpoint on val) leave it out. For networks trained with random shifts (``data.augment``).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class FashionClassifier(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         eval_mirror: bool = False,
+        final_shift: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # from a config, `net` is recorded as its class_path + init_args
@@ -100,17 +105,22 @@ class FashionClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc.compute())
         self.train_acc.reset()
 
-    def _evaluate(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[MeanMetric, MulticlassAccuracy]:
+    def _evaluate(self, split: str, batch: tuple[torch.Tensor, torch.Tensor],
+                  shift: int = 0) -> tuple[MeanMetric, MulticlassAccuracy]:
         images, labels = batch
-        logits = self(images)
-        # nets.MirrorAverage computes this for loaded checkpoints; wrapping self.net here would register its weights
+        # nets.ViewAverage computes this for loaded checkpoints; wrapping self.net here would register its weights
         # twice in the state_dict and skip forward's channels-last input
-        if self.hparams.eval_mirror:
-            logits = (logits + self(images.flip(-1))) / 2
+        each = views(images, self.hparams.eval_mirror, shift, self._black() if shift else 0.0)
+        logits = sum(self(view) for view in each) / len(each)
         loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         loss.update(F.cross_entropy(logits, labels), weight=len(labels))
         acc.update(logits, labels)
         return loss, acc
+
+    def _black(self) -> float:
+        """The normalised value of a black pixel, which shifted-in borders get (as in training's random shifts)."""
+        data = self.trainer.datamodule.hparams
+        return -data.mean / data.std
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
         split = self.trainer.datamodule.eval_splits[dataloader_idx]
@@ -120,7 +130,7 @@ class FashionClassifier(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         # The final test of a chosen checkpoint after fit; per-epoch test metrics are logged as test/* during fit.
-        loss, acc = self._evaluate("test", batch)
+        loss, acc = self._evaluate("test", batch, shift=self.hparams.final_shift)
         self.log("final/test_loss", loss)
         self.log("final/test_acc", acc)
 

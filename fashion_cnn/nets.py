@@ -82,14 +82,33 @@ class StrongCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class MirrorAverage(nn.Module):
-    """Test-time augmentation around ``net``: the mean of its logits for each image and for the image's left-right
-    mirror image. For networks trained with horizontal flips (a mirrored coat is still a coat); it doubles the cost
-    of a prediction."""
+def views(x: torch.Tensor, mirror: bool, shift: int, fill: float) -> list[torch.Tensor]:
+    """Test-time views of normalised images ``x`` [B, 1, H, W]: ``x``; with ``shift`` > 0 also ``x`` shifted by
+    ``shift`` pixels down, up, right and left (the vacated border filled with ``fill``, the normalised value of a black
+    pixel, as training's random shifts fill it); with ``mirror`` also the left-right mirror image of each of those."""
+    out = [x]
+    if shift > 0:
+        h, w = x.shape[-2], x.shape[-1]
+        padded = nn.functional.pad(x, (shift, shift, shift, shift), value=fill)
+        for dy, dx in ((0, shift), (2 * shift, shift), (shift, 0), (shift, 2 * shift)):
+            out.append(padded[:, :, dy : dy + h, dx : dx + w])
+    if mirror:
+        out = out + [v.flip(-1) for v in out]
+    return out
 
-    def __init__(self, net: nn.Module) -> None:
+
+class ViewAverage(nn.Module):
+    """Test-time augmentation around ``net``: the mean of its logits over :func:`views` of each image. For networks
+    trained with the same flips and shifts (a mirrored coat is still a coat); it multiplies the cost of a prediction
+    by the number of views (2 with ``mirror``, 5 with ``shift``, 10 with both)."""
+
+    def __init__(self, net: nn.Module, mirror: bool = True, shift: int = 0, fill: float = 0.0) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.mirror, self.shift, self.fill = net, mirror, shift, fill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net(x) + self.net(x.flip(-1))) / 2
+        each = views(x, self.mirror, self.shift, self.fill)
+        total = self.net(each[0])
+        for view in each[1:]:
+            total = total + self.net(view)
+        return total / len(each)

@@ -60,14 +60,14 @@ def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, 
 
 def test_a_run_that_tested_with_mirror_images_is_evaluated_the_same_way(mirror_run, tmp_path):
     from fashion_cnn.checkpoints import load
-    from fashion_cnn.nets import MirrorAverage
+    from fashion_cnn.nets import ViewAverage
 
     loaded = load(mirror_run / "checkpoints" / "last.ckpt")
-    assert loaded.mirrored and isinstance(loaded.net, MirrorAverage)
+    assert loaded.mirrored and loaded.shift == 1 and isinstance(loaded.net, ViewAverage)
     assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "metrics.json").read_text())
     logged = scalars(mirror_run)
-    assert result["mirror"] is True
+    assert result["mirror"] is True and result["shift"] == 1
     assert result["test_acc"] == pytest.approx(logged["final/test_acc"][0], abs=1e-6)
     assert result["test_loss"] == pytest.approx(logged["final/test_loss"][0], abs=1e-5)
     assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--mirror"]) == 0

@@ -66,15 +66,21 @@ def test_bad_formats_are_a_usage_error(trained_run, tmp_path, capsys, formats):
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
-def test_a_mirror_run_exports_its_mirror_average(mirror_run, tmp_path):
+def test_a_run_with_test_time_views_exports_their_average(mirror_run, tmp_path):
     loaded = load(mirror_run / "checkpoints" / "last.ckpt")
     batch = loaded.datamodule.normalize(load_split(FIXTURE, "test", verify=False)[0][:7])
+    black = -loaded.mean / loaded.std
+    shifted = [torch.nn.functional.pad(batch, (1, 1, 1, 1), value=black)[..., dy : dy + 28, dx : dx + 28]
+               for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2))]
+    each = [batch, *shifted]
+    each += [v.flip(-1) for v in each]  # the 10 views of model.eval_mirror with model.final_shift 1
     with torch.inference_mode():
-        expected = (loaded.net.net(batch) + loaded.net.net(batch.flip(-1))) / 2
+        expected = sum(loaded.net.net(v) for v in each) / 10
     assert export.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--formats", "torchscript"]) == 0
     scripted = torch.jit.load(str(tmp_path / "last.torchscript.pt"))
     assert torch.allclose(scripted(batch), expected, atol=1e-5, rtol=0)
-    assert json.loads((tmp_path / "last.json").read_text())["output"]["mirror_average"] is True
+    output = json.loads((tmp_path / "last.json").read_text())["output"]
+    assert output["mirror_average"] is True and output["shift_average"] == 1
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     assert export.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--formats", "onnx"]) == 0

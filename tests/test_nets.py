@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_cnn.nets import SeedCNN, StrongCNN
+from fashion_cnn.nets import SeedCNN, StrongCNN, ViewAverage, views
 
 
 def notebook_forward(net: SeedCNN, x: torch.Tensor) -> torch.Tensor:
@@ -70,3 +70,27 @@ def test_strong_net_pool_must_fit_the_7x7_map():
     for pool in (0, 8):
         with pytest.raises(ValueError, match="does not conform"):
             StrongCNN(pool=pool)
+
+
+def test_views_are_the_image_shifted_each_way_with_a_black_border_and_their_mirror_images():
+    x = torch.randn(3, 1, 28, 28)
+    plain, down, up, right, left, *mirrored = views(x, mirror=True, shift=2, fill=-0.5)
+    assert torch.equal(plain, x) and len(mirrored) == 5
+    assert torch.equal(down[..., 2:, :], x[..., :-2, :]) and (down[..., :2, :] == -0.5).all()
+    assert torch.equal(up[..., :-2, :], x[..., 2:, :]) and (up[..., -2:, :] == -0.5).all()
+    assert torch.equal(right[..., 2:], x[..., :-2]) and (right[..., :2] == -0.5).all()
+    assert torch.equal(left[..., :-2], x[..., 2:]) and (left[..., -2:] == -0.5).all()
+    assert all(torch.equal(m, v.flip(-1)) for m, v in zip(mirrored, (plain, down, up, right, left), strict=True))
+    assert [v.data_ptr() for v in views(x, mirror=False, shift=0, fill=0.0)] == [x.data_ptr()]
+
+
+def test_view_average_is_the_mean_of_the_networks_logits_over_the_views():
+    torch.manual_seed(0)
+    net = StrongCNN(widths=(4, 8, 8)).eval()
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        mirror = ViewAverage(net)(x)
+        both = ViewAverage(net, mirror=True, shift=1, fill=-1.0)(x)
+        torch.testing.assert_close(mirror, (net(x) + net(x.flip(-1))) / 2)
+        torch.testing.assert_close(both, torch.stack([net(v) for v in views(x, True, 1, -1.0)]).mean(0))
+    assert not torch.allclose(both, mirror)
