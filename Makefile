@@ -10,6 +10,8 @@ PORT     ?= 6006
 RUN      ?=
 STUDY    ?= studies/fast_repeats.yaml
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Study files name no data_dir (their base configs say data/): a DATA_DIR elsewhere reaches their runs this way
+STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR=$(abspath $(DATA_DIR)) )$(PY)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train study test test-slow test-floors tensorboard report bench bench-fast frontier lint clean
@@ -39,7 +41,7 @@ train: data ## Train an experiment (default: the notebook's, 40 epochs) into lig
 	$(PY) -m fashion_cnn.fit --config $(CONFIG) --data.data_dir $(DATA_DIR) $(ARGS)
 
 study: data ## Run a study file: repeated seeds or a search (STUDY=studies/fast_search.yaml); resumable
-	$(PY) -m fashion_cnn.study $(STUDY) $(ARGS)
+	$(STUDY_PY) -m fashion_cnn.study $(STUDY) $(ARGS)
 
 test: setup ## Run the test suite (fast, offline, CPU)
 	$(PY) -m pytest -q
@@ -71,11 +73,11 @@ bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the
 	  --json benchmarks/results/bench_fast.json $(ARGS)
 
 frontier: data ## Time to 88.5..95% test accuracy of the shipped configs (runs their repeat studies first, 1 worker)
-	$(PY) -m fashion_cnn.study studies/fast_repeats.yaml --workers 1
-	$(PY) -m fashion_cnn.study studies/tiny_repeats.yaml --workers 1
-	$(PY) -m fashion_cnn.study studies/quick_repeats.yaml --workers 1
-	$(PY) -m fashion_cnn.study studies/strong12_repeats.yaml --workers 1
-	$(PY) -m fashion_cnn.study studies/strong_repeats.yaml --workers 1
+	$(STUDY_PY) -m fashion_cnn.study studies/fast_repeats.yaml --workers 1
+	$(STUDY_PY) -m fashion_cnn.study studies/tiny_repeats.yaml --workers 1
+	$(STUDY_PY) -m fashion_cnn.study studies/quick_repeats.yaml --workers 1
+	$(STUDY_PY) -m fashion_cnn.study studies/strong12_repeats.yaml --workers 1
+	$(STUDY_PY) -m fashion_cnn.study studies/strong_repeats.yaml --workers 1
 	$(PY) -m benchmarks.frontier --json benchmarks/results/frontier.json
 
 lint: setup ## Check the code with ruff

@@ -46,13 +46,12 @@ def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients.
 
     ``mirror``: test-time augmentation, the mean of the logits of each image and of its left-right mirror image (for
-    networks trained with horizontal flips, such as the strong config's)."""
+    networks trained with horizontal flips, such as the strong config's); ``net`` may also be a
+    :class:`~fashion_cnn.nets.ViewAverage` of its own."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
-    model = net
-    if mirror and not (isinstance(net, ViewAverage) and net.mirror):  # add mirror images to whatever views net has
-        model = ViewAverage(net.net, True, net.shift, net.fill) if isinstance(net, ViewAverage) else ViewAverage(net)
+    model = ViewAverage(net) if mirror else net
     try:
         with torch.inference_mode():
             logits = [model(normalize(images[i : i + batch_size].to(device))).float().cpu()

@@ -55,6 +55,15 @@ class Loaded:
         """The shifted test-time views ``net`` averages in (``model.final_shift``, pixels; 0: none)."""
         return self.net.shift if isinstance(self.net, ViewAverage) else 0
 
+    def with_views(self, mirror: bool = False, shift: int = 0) -> nn.Module:
+        """``net`` with more test-time views (:func:`~fashion_cnn.nets.views`): mirror images if ``mirror``, and images
+        shifted by ``shift`` pixels (instead of the run's own ``final_shift``) if ``shift``."""
+        mirror, shift = mirror or self.mirrored, shift or self.shift
+        if (mirror, shift) == (self.mirrored, self.shift):
+            return self.net
+        base = self.net.net if isinstance(self.net, ViewAverage) else self.net
+        return ViewAverage(base, mirror=mirror, shift=shift, fill=-self.mean / self.std)
+
     @property
     def mean(self) -> float:
         return float(self.datamodule.hparams.mean)

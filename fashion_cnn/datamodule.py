@@ -93,6 +93,13 @@ def random_erase(images: torch.Tensor, p: float, scale: tuple[float, float] = (0
     return images.masked_fill_(inside.unsqueeze(1), 0.0)
 
 
+def hold_out(count: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the validation split (``val_size`` of ``count`` training images) and of the images left to train
+    on; which images are held out depends on ``split_seed`` alone."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
+    return order[:val_size], order[val_size:]
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     """FashionMNIST, found and checked by :mod:`fashion_cnn.data_files`, served as normalised float batches.
 
@@ -168,8 +175,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             raise DataError(f"val_size={hp.val_size} leaves no training images (the training set has "
                             f"{len(train_labels)}); choose a smaller data.val_size")
         device = self._data_device()
-        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(hp.split_seed))
-        val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
+        val_idx, train_idx = hold_out(len(train_labels), hp.val_size, hp.split_seed)
         if hp.val_size:
             self.val_set = TensorImages(train_images[val_idx].to(device), train_labels[val_idx].to(device))
             train_images, train_labels = train_images[train_idx], train_labels[train_idx]

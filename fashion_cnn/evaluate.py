@@ -3,6 +3,10 @@
 Prints the test accuracy and loss (the same numbers as the training run's ``final/test_acc``/``final/test_loss``
 for that checkpoint), a per-class precision/recall/F1 table and the most confused pairs of classes, and writes
 ``metrics.json``, ``confusion_matrix.png`` and ``mistakes.png`` into the checkpoint's run directory.
+
+``--split val`` evaluates on the run's validation split instead (for choosing, say, test-time views without
+looking at the test set); ``--mirror`` and ``--shift N`` add test-time views. Either writes its files under a tag
+(``metrics_val_shift1.json``, ...), so the run's own evaluation is kept.
 """
 
 from __future__ import annotations
@@ -18,39 +22,49 @@ from fashion_cnn.analysis import predict as predict_logits
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
 from fashion_cnn.data_files import CLASSES, load_split, locate
+from fashion_cnn.datamodule import hold_out
 from fashion_cnn.figures import evaluation_figures, save
 
 PROG = "python -m fashion_cnn.evaluate"
 
 
-def predictions_on_test_set(loaded: Loaded, data_dir: str | None = None,
-                            mirror: bool = False) -> tuple[Predictions, torch.Tensor, Path]:
-    """The checkpoint's predictions on the test split, found like training found it (or under ``data_dir``).
+def predictions_on(loaded: Loaded, split: str = "test", data_dir: str | None = None, mirror: bool = False,
+                   shift: int = 0) -> tuple[Predictions, torch.Tensor, Path]:
+    """The checkpoint's predictions on ``split`` (``test``, or ``val``: the run's own validation split), with the
+    dataset found like training found it (or under ``data_dir``).
 
     Batches have the training run's ``eval_batch_size`` and go through the datamodule's own ``normalize``, so the
-    inputs are bit-for-bit those of the run's final test. ``mirror`` averages in each image's mirror image (as a
-    run trained with ``model.eval_mirror`` always does).
+    inputs are bit-for-bit those of the run's final test. ``mirror`` and ``shift`` add test-time views
+    (:meth:`~fashion_cnn.checkpoints.Loaded.with_views`) to those the run tested with.
     """
     hp = loaded.datamodule.hparams
+    if split == "val" and not hp.val_size:
+        raise CommandError(f"{loaded.path} was trained without a validation split (data.val_size 0), so every "
+                           f"training image was seen; evaluate it on --split test")
     directory = locate(data_dir or hp.data_dir, allow_download=hp.download)
-    images, labels = load_split(directory, "test", hp.verify)
-    preds = predict_logits(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size,
-                           mirror=mirror)
+    images, labels = load_split(directory, "train" if split == "val" else "test", hp.verify)
+    if split == "val":
+        val_idx, _ = hold_out(len(labels), hp.val_size, hp.split_seed)
+        images, labels = images[val_idx], labels[val_idx]
+    preds = predict_logits(loaded.with_views(mirror, shift), images, labels, loaded.datamodule.normalize,
+                           batch_size=hp.eval_batch_size)
     return preds, images, directory
 
 
-def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, mirror: bool = False) -> dict:
-    """Everything the command reports, as JSON-ready values."""
+def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, split: str = "test", mirror: bool = False,
+            shift: int = 0) -> dict:
+    """Everything the command reports, as JSON-ready values (``test_acc``, or ``val_acc`` for the val split, ...)."""
     cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
     scores = per_class_scores(cm)
     return {
         "checkpoint": str(loaded.path),
         "data_dir": str(data_dir),
+        "split": split,
         "mirror": mirror,
-        "shift": loaded.shift,  # shifted views averaged in (model.final_shift), pixels
+        "shift": shift,  # pixels of the shifted views averaged in (0: none)
         "num_images": len(preds.labels),
-        "test_acc": preds.accuracy,
-        "test_loss": preds.loss,
+        f"{split}_acc": preds.accuracy,
+        f"{split}_loss": preds.loss,
         "per_class": {name: {key: float(values[i]) if key != "support" else int(values[i])
                              for key, values in scores.items()} for i, name in enumerate(CLASSES)},
         "macro_f1": float(scores["f1"].mean()),
@@ -62,14 +76,15 @@ def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, mirror: bool = F
 
 def summary(result: dict) -> str:
     """The human-readable report."""
-    n, acc = result["num_images"], result["test_acc"]
+    split = result.get("split", "test")
+    n, acc = result["num_images"], result[f"{split}_acc"]
     width = max(len(c) for c in CLASSES)
-    lines = [f"checkpoint:    {result['checkpoint']}",
-             f"test set:      {n} images from {result['data_dir']}"
+    lines = [f"{'checkpoint:':15}{result['checkpoint']}",
+             f"{split + ' set:':15}{n} images from {result['data_dir']}"
              + (", each averaged with its mirror image" if result.get("mirror") else "")
              + (f", and with its views shifted by {result['shift']} pixel(s)" if result.get("shift") else ""),
-             f"test accuracy: {100 * acc:.2f}% ({round(acc * n)}/{n})",
-             f"test loss:     {result['test_loss']:.4f}",
+             f"{split + ' accuracy:':15}{100 * acc:.2f}% ({round(acc * n)}/{n})",
+             f"{split + ' loss:':15}{result[f'{split}_loss']:.4f}",
              "",
              f"{'class':<{width}}  precision  recall     f1  support"]
     for name, s in result["per_class"].items():
@@ -82,7 +97,8 @@ def summary(result: dict) -> str:
 
 def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_dir: Path, tag: str = "") -> list[Path]:
     """metrics{tag}.json, confusion_matrix{tag}.png and mistakes{tag}.png in ``out_dir``."""
-    title = f"{Path(result['checkpoint']).name}: test accuracy {100 * result['test_acc']:.2f}%"
+    split = result.get("split", "test")
+    title = f"{Path(result['checkpoint']).name}: {split} accuracy {100 * result[f'{split}_acc']:.2f}%"
     matrix, mistakes = evaluation_figures(torch.tensor(result["confusion_matrix"]), preds, images, title)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,19 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     add_checkpoint_arguments(p)
     p.add_argument("--data_dir", default=None, help="where the dataset is (default: the training run's data_dir)")
     p.add_argument("--out_dir", default=None, help="where to write the results (default: the checkpoint's run dir)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="val: the run's own validation split (data.val_size images it held out of training)")
     p.add_argument("--mirror", action="store_true",
                    help="test-time augmentation: average each image's logits with its mirror image's (what a run "
                         "trained with model.eval_mirror does anyway)")
+    p.add_argument("--shift", type=int, default=0, choices=range(5), metavar="{0..4}",
+                   help="test-time augmentation: also average in each image shifted by this many pixels down, up, "
+                        "right and left (0: the run's own model.final_shift)")
     args = p.parse_args(argv)
 
     def body() -> int:
         loaded = load(args.ckpt_path, args.logs_dir)
-        preds, images, directory = predictions_on_test_set(loaded, args.data_dir, args.mirror)
-        result = metrics(loaded, preds, directory, args.mirror or loaded.mirrored)
+        preds, images, directory = predictions_on(loaded, args.split, args.data_dir, args.mirror, args.shift)
+        result = metrics(loaded, preds, directory, args.split, args.mirror or loaded.mirrored,
+                         args.shift or loaded.shift)
         print(summary(result))
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir
-        # --mirror on a run that did not test that way: *_mirror.* files, so the run's own evaluation is kept
-        tag = "_mirror" if args.mirror and not loaded.mirrored else ""
+        # Anything but the run's own final test gets tagged files (*_val_mirror.json, ...): the run's own are kept
+        tag = "".join(part for part, on in (("_val", args.split == "val"),
+                                            ("_mirror", args.mirror and not loaded.mirrored),
+                                            (f"_shift{args.shift}", args.shift not in (0, loaded.shift))) if on)
         written = write_outputs(result, preds, images, out_dir, tag)
         print(f"\nwrote {', '.join(p.name for p in written)} to {out_dir}")
         return 0

@@ -324,7 +324,7 @@ def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
         return f"{PROG}: the best trial {best.number} left no best checkpoint"
     key = "winner_test_acc"
     if study.user_attrs.get(key, {}).get("trial") != best.number:  # the test set is read once per winner
-        preds, _, _ = evaluate.predictions_on_test_set(load(ckpt))
+        preds, _, _ = evaluate.predictions_on(load(ckpt))
         study.set_user_attr(key, {"trial": best.number, "acc": float(preds.accuracy), "ckpt": str(ckpt)})
     acc = study.user_attrs[key]["acc"]
     repeat = study_dir / "winner_repeats.yaml"

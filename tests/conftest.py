@@ -72,9 +72,9 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mirror_run(tmp_path_factory) -> Path:
-    """One short run of a narrow StrongCNN with every augmentation and every test-time augmentation (mirror images
-    in each evaluation, ``model.eval_mirror``; 1-pixel shifts in the final test, ``model.final_shift``); returns its
-    run directory."""
+    """One short run of a narrow StrongCNN with every augmentation, a validation split, and every test-time
+    augmentation (mirror images in each evaluation, ``model.eval_mirror``; 1-pixel shifts in the final test,
+    ``model.final_shift``); returns its run directory."""
     from fashion_cnn import fit
     from tests.helpers import SMALL
 
@@ -83,8 +83,8 @@ def mirror_run(tmp_path_factory) -> Path:
     os.chdir(root)
     try:
         code = fit.main(["--config", "tiny", *SMALL, "--trainer.max_epochs", "1", "--trainer.callbacks", "[]",
-                         "--data.erase", "0.5", "--model.eval_mirror", "true",
-                         "--model.final_shift", "1"])
+                         "--data.erase", "0.5", "--data.val_size", "128",
+                         "--model.eval_mirror", "true", "--model.final_shift", "1"])
     finally:
         os.chdir(previous)
     assert code == 0

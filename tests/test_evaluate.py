@@ -47,9 +47,9 @@ def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, 
     from fashion_cnn.checkpoints import load
 
     loaded = load(best_checkpoint(trained_run))
-    plain, images, _ = evaluate.predictions_on_test_set(loaded, str(FIXTURE))
+    plain, images, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE))
     mirrored = predict(loaded.net, images.flip(-1), plain.labels, loaded.datamodule.normalize)
-    both, _, _ = evaluate.predictions_on_test_set(loaded, str(FIXTURE), mirror=True)
+    both, _, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE), mirror=True)
     assert torch.allclose(both.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
     assert evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path),
                           "--mirror"]) == 0
@@ -72,3 +72,46 @@ def test_a_run_that_tested_with_mirror_images_is_evaluated_the_same_way(mirror_r
     assert result["test_loss"] == pytest.approx(logged["final/test_loss"][0], abs=1e-5)
     assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--mirror"]) == 0
     assert not (tmp_path / "metrics_mirror.json").exists()  # the run's own evaluation already is the mirrored one
+
+
+def test_val_split_is_the_runs_own_held_out_images(mirror_run, tmp_path, capsys):
+    from fashion_cnn.analysis import predict
+    from fashion_cnn.checkpoints import load
+    from fashion_cnn.datamodule import FashionMNISTDataModule
+
+    loaded = load(mirror_run / "checkpoints" / "last.ckpt")
+    assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--split", "val"]) == 0
+    result = json.loads((tmp_path / "metrics_val.json").read_text())
+    assert result["split"] == "val" and result["num_images"] == 128 and "test_acc" not in result
+    assert "val accuracy:" in capsys.readouterr().out and not (tmp_path / "metrics.json").exists()
+    data = FashionMNISTDataModule(**{**loaded.datamodule.hparams, "data_dir": str(FIXTURE)})
+    data.setup()  # the images training held out
+    views = predict(loaded.net, data.val_set.images, data.val_set.labels, data.normalize)
+    assert result["val_acc"] == pytest.approx(views.accuracy, abs=1e-9)
+    # per-epoch validation averaged the mirror images only (final_shift is for the final test): the same number
+    mirror_only = predict(loaded.net.net, data.val_set.images, data.val_set.labels, data.normalize, mirror=True)
+    assert mirror_only.accuracy == pytest.approx(scalars(mirror_run)["val/acc"][-1], abs=1e-6)
+
+
+def test_shift_adds_shifted_views_under_a_tag_of_its_own(trained_run, tmp_path):
+    from fashion_cnn.analysis import predict
+    from fashion_cnn.checkpoints import load
+    from fashion_cnn.nets import ViewAverage
+
+    loaded = load(best_checkpoint(trained_run))
+    assert loaded.shift == 0 and not loaded.mirrored
+    assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--shift", "1"]) == 0
+    result = json.loads((tmp_path / "metrics_shift1.json").read_text())
+    plain, images, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE))
+    shifted = predict(ViewAverage(loaded.net, mirror=False, shift=1, fill=-loaded.mean / loaded.std), images,
+                      plain.labels, loaded.datamodule.normalize)
+    assert result["shift"] == 1 and result["mirror"] is False
+    assert result["test_acc"] == pytest.approx(shifted.accuracy, abs=1e-9) and not (tmp_path / "metrics.json").exists()
+
+
+def test_val_split_of_a_run_without_one_is_one_line(trained_run, tmp_path, capsys):
+    code = evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path),
+                          "--split", "val"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "without a validation split" in err and "--split test" in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
