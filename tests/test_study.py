@@ -305,6 +305,7 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
                                     for c in curves)
     finals = sorted(t.value for t in trials(study_dir, "fast_repeats"))
     assert sorted(c.points[-1][1] for c in curves) == pytest.approx(finals)  # the last epoch is what the study reports
+    assert sorted(c.final for c in curves) == pytest.approx(finals)  # and so is the final test (of the last epoch)
     assert frontier.first_reached(frontier.Trial([(5.0, 0.80), (9.0, 0.91)]), 0.90) == 9.0
     assert frontier.first_reached(frontier.Trial([(5.0, 0.80)]), 0.90) is None
 
@@ -312,7 +313,9 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
     assert frontier.main([str(study_dir), "--bench", str(tmp_path / "none.json"), "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| 88.5% | none yet | not reached | - |" in table and "| `fast` | 2 |" in table
-    assert json.loads(out.read_text())["last_epoch"]["fast"]["acc"] == [c.points[-1][1] for c in curves]
+    last_epoch = json.loads(out.read_text())["last_epoch"]["fast"]
+    assert last_epoch["acc"] == [c.points[-1][1] for c in curves]
+    assert last_epoch["final_acc"] == [c.final for c in curves]
 
     monkeypatch.setattr(frontier, "full_threads", lambda: 64)  # trials with fewer threads than that are left out
     with pytest.raises(SystemExit, match="no finished trial run with 64 threads"):
