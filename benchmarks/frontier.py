@@ -13,7 +13,7 @@ whose seeds reached the target. Trials that ran with fewer torch threads than a 
 ``make bench-fast`` (benchmarks/results/bench_fast.json), which times it from its process's start.
 
 A first-reached test accuracy is optimistic (it picks the moment by looking at the test set); the last table is the
-honest one: each config's last-epoch accuracy, with no epoch chosen, its final test (the same checkpoint, with the
+honest one: each config's last-epoch accuracy, with no epoch chosen, its final test (the reported checkpoint, with the
 extra test-time views of ``model.final_shift`` where a config has them), and its whole wall time.
 """
 

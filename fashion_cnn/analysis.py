@@ -46,12 +46,12 @@ def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients.
 
     ``mirror``: test-time augmentation, the mean of the logits of each image and of its left-right mirror image (for
-    networks trained with horizontal flips, such as the strong config's); ``net`` may also be a
-    :class:`~fashion_cnn.nets.ViewAverage` of its own."""
+    networks trained with horizontal flips, such as the strong config's), unless ``net`` is a
+    :class:`~fashion_cnn.nets.ViewAverage` that already has them."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
-    model = ViewAverage(net) if mirror else net
+    model = ViewAverage(net) if mirror and not (isinstance(net, ViewAverage) and net.mirror) else net
     try:
         with torch.inference_mode():
             logits = [model(normalize(images[i : i + batch_size].to(device))).float().cpu()

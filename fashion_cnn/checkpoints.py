@@ -55,14 +55,17 @@ class Loaded:
         """The shifted test-time views ``net`` averages in (``model.final_shift``, pixels; 0: none)."""
         return self.net.shift if isinstance(self.net, ViewAverage) else 0
 
-    def with_views(self, mirror: bool = False, shift: int = 0) -> nn.Module:
-        """``net`` with more test-time views (:func:`~fashion_cnn.nets.views`): mirror images if ``mirror``, and images
-        shifted by ``shift`` pixels (instead of the run's own ``final_shift``) if ``shift``."""
-        mirror, shift = mirror or self.mirrored, shift or self.shift
+    def with_views(self, mirror: bool = False, shift: int | None = None) -> nn.Module:
+        """``net`` with other test-time views (:func:`~fashion_cnn.nets.views`): mirror images added if ``mirror``,
+        and images shifted by ``shift`` pixels instead of the run's own ``final_shift`` (0: none) unless ``None``."""
+        mirror = mirror or self.mirrored
+        shift = self.shift if shift is None else shift
         if (mirror, shift) == (self.mirrored, self.shift):
             return self.net
         base = self.net.net if isinstance(self.net, ViewAverage) else self.net
-        return ViewAverage(base, mirror=mirror, shift=shift, fill=-self.mean / self.std)
+        if not (mirror or shift):
+            return base
+        return ViewAverage(base, mirror=mirror, shift=shift, fill=self.datamodule.black)
 
     @property
     def mean(self) -> float:
@@ -202,8 +205,7 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         datamodule = FashionMNISTDataModule(**data_hparams)
         mirror, shift = bool(hparams.get("eval_mirror")), int(hparams.get("final_shift") or 0)
         if mirror or shift:  # averaged over the views the run's final test averaged over
-            black = -datamodule.hparams.mean / datamodule.hparams.std
-            net = ViewAverage(net, mirror=mirror, shift=shift, fill=black)
+            net = ViewAverage(net, mirror=mirror, shift=shift, fill=datamodule.black)
     except (RuntimeError, KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
         first = " ".join(str(err).split("\n")[0].split())[:200]
         raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first}); it may "

@@ -80,8 +80,9 @@ def candidate_dirs(data_dir: str | Path | None) -> list[tuple[str, Path]]:
     if data_dir is not None:
         data_dir = Path(data_dir).expanduser()
         dirs += [("data_dir", data_dir / "FashionMNIST" / "raw"), ("data_dir", data_dir)]
-    if os.environ.get(ENV_VAR):
-        dirs.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR]).expanduser()))
+    if os.environ.get(ENV_VAR):  # the same two layouts as data_dir (make study passes its DATA_DIR this way)
+        env_dir = Path(os.environ[ENV_VAR]).expanduser()
+        dirs += [(f"${ENV_VAR}", env_dir / "FashionMNIST" / "raw"), (f"${ENV_VAR}", env_dir)]
     dirs.append(("Debian package", SYSTEM_DIR))
     return dirs
 

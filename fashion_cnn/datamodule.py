@@ -213,6 +213,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
                             "`python -m fashion_cnn.evaluate --ckpt_path ...`")
         return self._loader(self.test_set, self.hparams.eval_batch_size, train=False)
 
+    @property
+    def black(self) -> float:
+        """The normalised value of a black pixel: the background, and what shifted-in borders are filled with."""
+        return -self.hparams.mean / self.hparams.std
+
     def normalize(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """uint8 [B, 28, 28] (or [B, 1, 28, 28]) images to the network's normalised float input [B, 1, 28, 28].
 

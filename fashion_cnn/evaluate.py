@@ -29,13 +29,13 @@ PROG = "python -m fashion_cnn.evaluate"
 
 
 def predictions_on(loaded: Loaded, split: str = "test", data_dir: str | None = None, mirror: bool = False,
-                   shift: int = 0) -> tuple[Predictions, torch.Tensor, Path]:
+                   shift: int | None = None) -> tuple[Predictions, torch.Tensor, Path]:
     """The checkpoint's predictions on ``split`` (``test``, or ``val``: the run's own validation split), with the
     dataset found like training found it (or under ``data_dir``).
 
     Batches have the training run's ``eval_batch_size`` and go through the datamodule's own ``normalize``, so the
-    inputs are bit-for-bit those of the run's final test. ``mirror`` and ``shift`` add test-time views
-    (:meth:`~fashion_cnn.checkpoints.Loaded.with_views`) to those the run tested with.
+    inputs are bit-for-bit those of the run's final test. ``mirror`` and ``shift`` change the test-time views
+    the run tested with (:meth:`~fashion_cnn.checkpoints.Loaded.with_views`).
     """
     hp = loaded.datamodule.hparams
     if split == "val" and not hp.val_size:
@@ -82,7 +82,8 @@ def summary(result: dict) -> str:
     lines = [f"{'checkpoint:':15}{result['checkpoint']}",
              f"{split + ' set:':15}{n} images from {result['data_dir']}"
              + (", each averaged with its mirror image" if result.get("mirror") else "")
-             + (f", and with its views shifted by {result['shift']} pixel(s)" if result.get("shift") else ""),
+             + (f", {'and ' if result.get('mirror') else ''}averaged with its views shifted by {result['shift']} "
+                f"pixel(s)" if result.get("shift") else ""),
              f"{split + ' accuracy:':15}{100 * acc:.2f}% ({round(acc * n)}/{n})",
              f"{split + ' loss:':15}{result[f'{split}_loss']:.4f}",
              "",
@@ -120,22 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mirror", action="store_true",
                    help="test-time augmentation: average each image's logits with its mirror image's (what a run "
                         "trained with model.eval_mirror does anyway)")
-    p.add_argument("--shift", type=int, default=0, choices=range(5), metavar="{0..4}",
+    p.add_argument("--shift", type=int, default=None, choices=range(5), metavar="{0..4}",
                    help="test-time augmentation: also average in each image shifted by this many pixels down, up, "
-                        "right and left (0: the run's own model.final_shift)")
+                        "right and left (0: no shifted views; default: the run's own model.final_shift)")
     args = p.parse_args(argv)
 
     def body() -> int:
         loaded = load(args.ckpt_path, args.logs_dir)
         preds, images, directory = predictions_on(loaded, args.split, args.data_dir, args.mirror, args.shift)
-        result = metrics(loaded, preds, directory, args.split, args.mirror or loaded.mirrored,
-                         args.shift or loaded.shift)
+        shift = loaded.shift if args.shift is None else args.shift
+        result = metrics(loaded, preds, directory, args.split, args.mirror or loaded.mirrored, shift)
         print(summary(result))
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir
         # Anything but the run's own final test gets tagged files (*_val_mirror.json, ...): the run's own are kept
         tag = "".join(part for part, on in (("_val", args.split == "val"),
                                             ("_mirror", args.mirror and not loaded.mirrored),
-                                            (f"_shift{args.shift}", args.shift not in (0, loaded.shift))) if on)
+                                            (f"_shift{shift}", shift != loaded.shift)) if on)
         written = write_outputs(result, preds, images, out_dir, tag)
         print(f"\nwrote {', '.join(p.name for p in written)} to {out_dir}")
         return 0

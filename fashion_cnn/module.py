@@ -110,17 +110,13 @@ class FashionClassifier(L.LightningModule):
         images, labels = batch
         # nets.ViewAverage computes this for loaded checkpoints; wrapping self.net here would register its weights
         # twice in the state_dict and skip forward's channels-last input
-        each = views(images, self.hparams.eval_mirror, shift, self._black() if shift else 0.0)
-        logits = sum(self(view) for view in each) / len(each)
+        each = views(images, self.hparams.eval_mirror, shift, self.trainer.datamodule.black if shift else 0.0)
+        # summed in float32: under bf16 autocast the logits are bfloat16, whose 8-bit mantissa would round the sum
+        logits = sum(self(view).float() for view in each) / len(each)
         loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         loss.update(F.cross_entropy(logits, labels), weight=len(labels))
         acc.update(logits, labels)
         return loss, acc
-
-    def _black(self) -> float:
-        """The normalised value of a black pixel, which shifted-in borders get (as in training's random shifts)."""
-        data = self.trainer.datamodule.hparams
-        return -data.mean / data.std
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
         split = self.trainer.datamodule.eval_splits[dataloader_idx]

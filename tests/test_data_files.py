@@ -68,6 +68,9 @@ def test_search_order_data_dir_then_env_then_system(monkeypatch, tmp_path, fixtu
     monkeypatch.setattr(data_files, "SYSTEM_DIR", FIXTURE)
     assert find(fixture_copy) == fixture_copy / "FashionMNIST" / "raw"
     assert find(tmp_path / "empty") == env_copy
+    # torchvision's layout under it too: where `make data DATA_DIR=...` downloads, and make study passes it this way
+    monkeypatch.setenv(data_files.ENV_VAR, str(fixture_copy))
+    assert find(tmp_path / "empty") == fixture_copy / "FashionMNIST" / "raw"
     monkeypatch.delenv(data_files.ENV_VAR)
     assert find(tmp_path / "empty") == FIXTURE
 

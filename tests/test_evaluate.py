@@ -88,9 +88,13 @@ def test_val_split_is_the_runs_own_held_out_images(mirror_run, tmp_path, capsys)
     data.setup()  # the images training held out
     views = predict(loaded.net, data.val_set.images, data.val_set.labels, data.normalize)
     assert result["val_acc"] == pytest.approx(views.accuracy, abs=1e-9)
-    # per-epoch validation averaged the mirror images only (final_shift is for the final test): the same number
-    mirror_only = predict(loaded.net.net, data.val_set.images, data.val_set.labels, data.normalize, mirror=True)
-    assert mirror_only.accuracy == pytest.approx(scalars(mirror_run)["val/acc"][-1], abs=1e-6)
+    # per-epoch validation averaged the mirror images only (final_shift is for the final test): --shift 0 does that
+    assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--split", "val",
+                          "--shift", "0"]) == 0
+    mirror_only = json.loads((tmp_path / "metrics_val_shift0.json").read_text())
+    assert mirror_only["shift"] == 0 and mirror_only["mirror"] is True
+    assert mirror_only["val_acc"] == pytest.approx(scalars(mirror_run)["val/acc"][-1], abs=1e-6)
+    assert mirror_only["val_loss"] == pytest.approx(scalars(mirror_run)["val/loss"][-1], abs=1e-5)
 
 
 def test_shift_adds_shifted_views_under_a_tag_of_its_own(trained_run, tmp_path):
