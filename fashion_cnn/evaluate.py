@@ -1,11 +1,12 @@
 """Evaluate a checkpoint on the test set: ``python -m fashion_cnn.evaluate --ckpt_path PATH|best|last``.
 
 Prints the test accuracy and loss (the same numbers as the training run's ``final/test_acc``/``final/test_loss``
-for that checkpoint), a per-class precision/recall/F1 table and the most confused pairs of classes, and writes
-``metrics.json``, ``confusion_matrix.png`` and ``mistakes.png`` into the checkpoint's run directory.
+for that checkpoint, up to bfloat16 rounding for runs that tested in it: this computes in float32), a per-class
+precision/recall/F1 table and the most confused pairs of classes, and writes ``metrics.json``,
+``confusion_matrix.png`` and ``mistakes.png`` into the checkpoint's run directory.
 
 ``--split val`` evaluates on the run's validation split instead (for choosing, say, test-time views without
-looking at the test set); ``--mirror`` and ``--shift N`` add test-time views. Either writes its files under a tag
+looking at the test set); ``--mirror`` and ``--shift N`` change the test-time views. Either writes its files under a tag
 (``metrics_val_shift1.json``, ...), so the run's own evaluation is kept.
 """
 
