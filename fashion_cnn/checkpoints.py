@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,17 +55,17 @@ class Loaded:
         """The shifted test-time views ``net`` averages in (``model.final_shift``, pixels; 0: none)."""
         return self.net.shift if isinstance(self.net, ViewAverage) else 0
 
-    def with_views(self, mirror: bool = False, shift: int | None = None) -> nn.Module:
-        """``net`` with other test-time views (:func:`~fashion_cnn.nets.views`): mirror images added if ``mirror``,
-        and images shifted by ``shift`` pixels instead of the run's own ``final_shift`` (0: none) unless ``None``."""
+    def with_views(self, mirror: bool = False, shift: int | None = None) -> Loaded:
+        """This checkpoint with other test-time views (:func:`~fashion_cnn.nets.views`): mirror images added if
+        ``mirror``, and images shifted by ``shift`` pixels instead of the run's own ``final_shift`` (0: none) unless
+        ``None``; its ``mirrored`` and ``shift`` say which views its ``net`` averages."""
         mirror = mirror or self.mirrored
         shift = self.shift if shift is None else shift
         if (mirror, shift) == (self.mirrored, self.shift):
-            return self.net
+            return self
         base = self.net.net if isinstance(self.net, ViewAverage) else self.net
-        if not (mirror or shift):
-            return base
-        return ViewAverage(base, mirror=mirror, shift=shift, fill=self.datamodule.black)
+        net = ViewAverage(base, mirror=mirror, shift=shift, fill=self.datamodule.black) if mirror or shift else base
+        return replace(self, net=net)
 
     @property
     def mean(self) -> float:

@@ -29,14 +29,14 @@ from fashion_cnn.figures import evaluation_figures, save
 PROG = "python -m fashion_cnn.evaluate"
 
 
-def predictions_on(loaded: Loaded, split: str = "test", data_dir: str | None = None, mirror: bool = False,
-                   shift: int | None = None) -> tuple[Predictions, torch.Tensor, Path]:
+def predictions_on(loaded: Loaded, split: str = "test",
+                   data_dir: str | None = None) -> tuple[Predictions, torch.Tensor, Path]:
     """The checkpoint's predictions on ``split`` (``test``, or ``val``: the run's own validation split), with the
     dataset found like training found it (or under ``data_dir``).
 
     Batches have the training run's ``eval_batch_size`` and go through the datamodule's own ``normalize``, so the
-    inputs are bit-for-bit those of the run's final test. ``mirror`` and ``shift`` change the test-time views
-    the run tested with (:meth:`~fashion_cnn.checkpoints.Loaded.with_views`).
+    inputs are bit-for-bit those of the run's final test, through the test-time views ``loaded.net`` averages
+    (other views: :meth:`~fashion_cnn.checkpoints.Loaded.with_views`).
     """
     hp = loaded.datamodule.hparams
     if split == "val" and not hp.val_size:
@@ -47,13 +47,11 @@ def predictions_on(loaded: Loaded, split: str = "test", data_dir: str | None = N
     if split == "val":
         val_idx, _ = hold_out(len(labels), hp.val_size, hp.split_seed)
         images, labels = images[val_idx], labels[val_idx]
-    preds = predict_logits(loaded.with_views(mirror, shift), images, labels, loaded.datamodule.normalize,
-                           batch_size=hp.eval_batch_size)
+    preds = predict_logits(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size)
     return preds, images, directory
 
 
-def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, split: str = "test", mirror: bool = False,
-            shift: int = 0) -> dict:
+def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, split: str = "test") -> dict:
     """Everything the command reports, as JSON-ready values (``test_acc``, or ``val_acc`` for the val split, ...)."""
     cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
     scores = per_class_scores(cm)
@@ -61,8 +59,8 @@ def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, split: str = "te
         "checkpoint": str(loaded.path),
         "data_dir": str(data_dir),
         "split": split,
-        "mirror": mirror,
-        "shift": shift,  # pixels of the shifted views averaged in (0: none)
+        "mirror": loaded.mirrored,
+        "shift": loaded.shift,  # pixels of the shifted views averaged in (0: none)
         "num_images": len(preds.labels),
         f"{split}_acc": preds.accuracy,
         f"{split}_loss": preds.loss,
@@ -128,16 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        loaded = load(args.ckpt_path, args.logs_dir)
-        preds, images, directory = predictions_on(loaded, args.split, args.data_dir, args.mirror, args.shift)
-        shift = loaded.shift if args.shift is None else args.shift
-        result = metrics(loaded, preds, directory, args.split, args.mirror or loaded.mirrored, shift)
+        own = load(args.ckpt_path, args.logs_dir)
+        loaded = own.with_views(args.mirror, args.shift)
+        preds, images, directory = predictions_on(loaded, args.split, args.data_dir)
+        result = metrics(loaded, preds, directory, args.split)
         print(summary(result))
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir
         # Anything but the run's own final test gets tagged files (*_val_mirror.json, ...): the run's own are kept
         tag = "".join(part for part, on in (("_val", args.split == "val"),
-                                            ("_mirror", args.mirror and not loaded.mirrored),
-                                            (f"_shift{shift}", shift != loaded.shift)) if on)
+                                            ("_mirror", loaded.mirrored != own.mirrored),
+                                            (f"_shift{loaded.shift}", loaded.shift != own.shift)) if on)
         written = write_outputs(result, preds, images, out_dir, tag)
         print(f"\nwrote {', '.join(p.name for p in written)} to {out_dir}")
         return 0

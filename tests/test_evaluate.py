@@ -49,7 +49,7 @@ def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, 
     loaded = load(best_checkpoint(trained_run))
     plain, images, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE))
     mirrored = predict(loaded.net, images.flip(-1), plain.labels, loaded.datamodule.normalize)
-    both, _, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE), mirror=True)
+    both, _, _ = evaluate.predictions_on(loaded.with_views(mirror=True), data_dir=str(FIXTURE))
     assert torch.allclose(both.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
     assert evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path),
                           "--mirror"]) == 0
