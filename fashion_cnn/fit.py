@@ -82,6 +82,7 @@ class FashionCLI(LightningCLI):
         trainer = self.config.trainer
         if trainer.max_epochs is not None and trainer.max_epochs <= 0:
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
+        check_final_shift(self.config.model.final_shift, self.config.data.augment, self.config.data.max_shift)
         warn_if_slow_bfloat16(str(trainer.precision), str(trainer.accelerator))
         logger = trainer.logger
         if _is_tensorboard(logger):
@@ -166,6 +167,18 @@ def reserve_run_dir(log_root: Path) -> Path:
             return run_dir
         except FileExistsError:
             continue
+
+
+def check_final_shift(final_shift: int, augment: bool, max_shift: int) -> None:
+    """Refuse final-test views shifted further than training shifted its images: such views are images the network
+    never saw, which lower the final test (2-pixel views after 1-pixel training did, docs/results.md) while the
+    per-epoch tests, which leave them out, would not show it. ``evaluate --shift`` stays free to try them."""
+    if final_shift and not augment:
+        raise ConfigError(f"model.final_shift={final_shift} is for networks trained with random shifts, and "
+                          f"data.augment is false: add data.augment=true, or set model.final_shift 0")
+    if final_shift > max_shift:
+        raise ConfigError(f"model.final_shift={final_shift} is larger than training's random shifts "
+                          f"(data.max_shift={max_shift}): set model.final_shift to at most {max_shift}")
 
 
 def cpu_has_bfloat16() -> bool:

@@ -43,7 +43,8 @@ class FashionClassifier(L.LightningModule):
         final_shift: more test-time augmentation, in the final test and in evaluate/predict/export of the
             checkpoint only: each image is also seen shifted by this many pixels down, up, right and left (with their
             mirror images under ``eval_mirror``). Five times the views, so the per-epoch evaluations (and the choice
-            of the best checkpoint on val) leave it out. For networks trained with random shifts (``data.augment``).
+            of the best checkpoint on val) leave it out. For networks trained with random shifts (``data.augment``):
+            fit refuses it without them, or larger than ``data.max_shift``.
     """
 
     def __init__(
