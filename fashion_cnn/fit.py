@@ -175,7 +175,7 @@ def check_final_shift(final_shift: int, augment: bool, max_shift: int) -> None:
     per-epoch tests, which leave them out, would not show it. ``evaluate --shift`` stays free to try them."""
     if final_shift and not augment:
         raise ConfigError(f"model.final_shift={final_shift} is for networks trained with random shifts, and "
-                          f"data.augment is false: add data.augment=true, or set model.final_shift 0")
+                          f"data.augment is false: add data.augment=true, or set model.final_shift to 0")
     if final_shift > max_shift:
         raise ConfigError(f"model.final_shift={final_shift} is larger than training's random shifts "
                           f"(data.max_shift={max_shift}): set model.final_shift to at most {max_shift}")
