@@ -5,9 +5,10 @@ directory (its finished trials, from its ``study.db``). Runs are grouped by thei
 Markdown table (``comparison.md``; each run's own figures go to ``comparison.json``) shows what differs between
 groups, the number of seeds, the final test accuracy as mean ± std with a 95% confidence interval (Student's t over
 seeds), the best validation accuracy and the wall time per run (a study's trial: its whole fit; another run: from
-its first to its last logged event). With ``--baseline RUN_OR_STUDY`` a column gives each group's gain over that
-group, paired by seed: the mean ± std of the per-seed differences, over the seeds both ran. The PNG shows a
-search's metric against each searched parameter, or the spread of each repeated config over its seeds.
+its first to its last logged event). With ``--baseline RUN_OR_STUDY`` (repeatable: one config's seeds may span
+several studies) a column gives each group's gain over that group, paired by seed: the mean ± std of the per-seed
+differences, over the seeds both ran. The PNG shows a search's metric against each searched parameter, or the spread
+of each repeated config over its seeds.
 """
 
 from __future__ import annotations
@@ -234,15 +235,22 @@ def figure(runs: list[Run]):
 
 
 def report(targets: list[Path], out: Path | None = None, storage: str | None = None,
-           study_name: str | None = None, baseline: Path | None = None) -> str:
+           study_name: str | None = None, baseline: list[Path] | None = None) -> str:
     """The Markdown comparison of ``targets`` (and of ``baseline``, with each group's gain over it); also saved
-    (with the PNG) as ``comparison.md`` and ``.png`` in ``out`` (default: the first target's directory)."""
-    base_runs = [r for r in collect(Path(baseline), storage, study_name) if r.complete] if baseline else None
+    (with the PNG) as ``comparison.md`` and ``.png`` in ``out`` (default: the first target's directory).
+
+    ``baseline`` is one config's runs: a repeat study or a run directory, or several (its seeds run as two studies).
+    """
+    named = " ".join(map(str, baseline or []))
+    base_runs = None
+    if baseline:  # each run once, however many of the paths lead to it
+        base_runs = list({r.path.resolve(): r for b in baseline for r in collect(Path(b), storage, study_name)
+                          if r.complete}.values())
     if baseline and not base_runs:
-        raise commands.CommandError(f"--baseline {baseline}: no finished runs there")
+        raise commands.CommandError(f"--baseline {named}: no finished runs there")
     if base_runs and len(groups(base_runs, differing_keys(base_runs))) > 1:
-        raise commands.CommandError(f"--baseline {baseline}: its runs have different configs; give one config's "
-                                    f"runs (a repeat study or a run directory)")
+        raise commands.CommandError(f"--baseline {named}: its runs have different configs; give one config's "
+                                    f"runs (repeat studies or run directories)")
     runs = [*(base_runs or []), *(r for t in targets for r in collect(Path(t), storage, study_name))]
     runs = list({r.path.resolve(): r for r in runs}.values())  # the baseline may be a target too
     if not runs:
@@ -277,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.parser("compare", "Compare runs and studies: a Markdown table and a PNG.")
     p.add_argument("targets", nargs="+", type=Path, help="run directories, lightning_logs directories or study dirs")
     p.add_argument("--out", type=Path, help="where to save comparison.md and .png (default: the first target)")
-    p.add_argument("--baseline", type=Path, help="a run or study to compare every group with, paired by seed")
+    p.add_argument("--baseline", type=Path, action="append",
+                   help="a run or study to compare every group with, paired by seed; repeat it for one config's "
+                        "seeds spread over several studies")
     args = p.parse_args(argv)
     return commands.run(PROG, lambda: print(report(args.targets, args.out, baseline=args.baseline)) or 0)
 

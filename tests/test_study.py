@@ -237,15 +237,23 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
     assert paired_gain(tested, val_only) == "-5.00 ± 0.00 (2 seeds)"  # val against val, not test (0.9) against val
     assert paired_gain(tested, [Run(Path("/x"), {"seed_everything": 0}, None, None, 1.0)]) == "no common metric"
     # the baseline named again as a target: each of its runs once
-    text = report([trained_run, trained_run], tmp_path / "once", baseline=trained_run)
+    text = report([trained_run, trained_run], tmp_path / "once", baseline=[trained_run])
     assert "| (same config) | 1 |" in text
     assert len(json.loads((tmp_path / "once" / "comparison.json").read_text())) == 1
+    # a baseline given as several paths (one config's seeds run as two studies): one group, each run once
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "version_0").symlink_to(trained_run)
+    text = report([trained_run], tmp_path / "twice", baseline=[trained_run, again])
+    assert "| (same config) | 1 |" in text and "(the baseline)" in text
+    with pytest.raises(commands.CommandError, match="its runs have different configs"):
+        report([trained_run], tmp_path / "two", baseline=[trained_run, mirror_run])
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     (mixed / "version_0").symlink_to(trained_run)
     (mixed / "version_1").symlink_to(mirror_run)
     with pytest.raises(commands.CommandError, match="its runs have different configs"):
-        report([trained_run], tmp_path / "no", baseline=mixed)
+        report([trained_run], tmp_path / "no", baseline=[mixed])
     assert not (tmp_path / "no").exists()
 
 
