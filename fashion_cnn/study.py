@@ -102,9 +102,13 @@ def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> 
         if known is not None:
             break
         time.sleep(1)
+    if known == spec.legacy_definition():  # created before definitions held the effective config: upgrade it
+        known = spec.definition()
+        study.set_user_attr(DEFINITION, known)
     if known != spec.definition():
-        raise StudyError(f"the study name {spec.name} is already used by a study with another base config, space or "
-                         f"seeds; give this one another name (name: in {spec.path}) or another --dir/--storage")
+        raise StudyError(f"the study name {spec.name} is already used by a study with another config, space or seeds "
+                         f"(its runs' config: the base config's values with the overrides put in); give this one "
+                         f"another name (name: in {spec.path}) or another --dir/--storage")
     return study
 
 

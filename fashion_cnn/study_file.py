@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -77,13 +78,21 @@ class Study:
         return args
 
     def definition(self) -> str:
-        """What makes two runs of a study the same study (the trial count may grow; nothing else may change)."""
+        """What makes two runs of a study the same study: the config its runs train (the base config's values with
+        the overrides put in) and its seeds or search. The trial count may grow; nothing else may change."""
+        # Values, not text: editing a comment in the base config, or a base value the overrides replace, does not
+        # make another study.
+        return self._describe({"config": with_overrides(yaml.safe_load(self.base.read_text()), self.overrides)})
+
+    def legacy_definition(self) -> str:
+        """The definition of studies created before it held the config with the overrides put in: such a study is
+        still this one if its base config is unchanged (study.open_study then stores the new definition)."""
+        return self._describe({"base": yaml.safe_load(self.base.read_text()), "overrides": self.overrides})
+
+    def _describe(self, config: dict[str, Any]) -> str:
         space = {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(self.space.items())}
-        # The base config's values, not its text: editing a comment in it does not make another study.
-        base = yaml.safe_load(self.base.read_text())
-        return json.dumps({"base": base, "overrides": self.overrides, "seeds": self.seeds,
-                           "metric": self.metric, "direction": self.direction, "val_size": self.val_size,
-                           "space": space}, sort_keys=True, default=str)
+        return json.dumps({**config, "seeds": self.seeds, "metric": self.metric, "direction": self.direction,
+                           "val_size": self.val_size, "space": space}, sort_keys=True, default=str)
 
     def digest(self) -> str:
         return hashlib.sha256(self.definition().encode()).hexdigest()[:12]
@@ -91,6 +100,20 @@ class Study:
     def make_pruner(self) -> optuna.pruners.BasePruner:
         kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
         return PRUNERS[self.pruner["type"]](**kwargs)
+
+
+def with_overrides(config: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config's values with dotted-key overrides (``{"data.erase": 0.0}``) put in."""
+    out = copy.deepcopy(config or {})
+    for key, value in overrides.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return out
 
 
 def as_args(values: dict[str, Any]) -> list[str]:

@@ -75,7 +75,7 @@ def test_unreachable_storage_reused_name_and_bad_usage(tmp_path, capsys):
     before = tree_digest(study_dir)
     other = write_study(tmp_path / "other.yaml", name="same", repeat={"seeds": [0, 1, 2]})
     assert study.main([str(other), "--dir", str(study_dir)]) == 1
-    assert "already used by a study with another base config" in capsys.readouterr().err
+    assert "already used by a study with another config, space or seeds" in capsys.readouterr().err
     searched = write_study(tmp_path / "s.yaml", name="same", search={"trials": 1, "space": SPACE})
     assert study.main([str(searched), "--dir", str(study_dir)]) == 1
     assert "already used" in capsys.readouterr().err
@@ -355,3 +355,25 @@ def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
     assert study_file.load(spec).definition() == before
     base.write_text("model:\n  lr: 0.2\n")
     assert study_file.load(spec).definition() != before
+
+
+def test_a_base_value_the_overrides_replace_does_not_make_another_study(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  lr: 0.1\ndata:\n  erase: 0.5\n")
+    path = write_study(tmp_path / "s.yaml", base="base.yaml", overrides={"data.erase": 0.0}, repeat={"seeds": [0]})
+    storage = study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
+    study.open_study(study_file.load(path), storage)
+    base.write_text("model:\n  lr: 0.1\ndata:\n  erase: 0.25\n")  # pinned by the overrides: the same runs
+    study.open_study(study_file.load(path), storage)
+    base.write_text("model:\n  lr: 0.2\ndata:\n  erase: 0.25\n")  # not pinned: other runs
+    with pytest.raises(study.StudyError, match="already used by a study with another config"):
+        study.open_study(study_file.load(path), storage)
+
+
+def test_a_study_stored_with_the_older_definition_is_still_itself_and_upgraded(tmp_path):
+    path = write_study(tmp_path / "s.yaml", base="seed", overrides={"trainer.max_epochs": 1}, repeat={"seeds": [0]})
+    spec = study_file.load(path)
+    storage = study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
+    old = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
+    old.set_user_attr(study.DEFINITION, spec.legacy_definition())
+    assert study.open_study(spec, storage).user_attrs[study.DEFINITION] == spec.definition()
