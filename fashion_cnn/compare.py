@@ -251,6 +251,10 @@ def report(targets: list[Path], out: Path | None = None, storage: str | None = N
     if base_runs and len(groups(base_runs, differing_keys(base_runs))) > 1:
         raise commands.CommandError(f"--baseline {named}: its runs have different configs; give one config's "
                                     f"runs (repeat studies or run directories)")
+    seeds = [r.config.get("seed_everything") for r in base_runs or []]
+    if twice := sorted({s for s in seeds if seeds.count(s) > 1}, key=str):
+        raise commands.CommandError(f"--baseline {named}: seed {twice[0]} ran more than once there, so a gain "
+                                    f"paired by seed would be ambiguous; give each seed's run once")
     runs = [*(base_runs or []), *(r for t in targets for r in collect(Path(t), storage, study_name))]
     runs = list({r.path.resolve(): r for r in runs}.values())  # the baseline may be a target too
     if not runs:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import warnings
@@ -78,8 +77,9 @@ class Study:
         return args
 
     def definition(self) -> str:
-        """What makes two runs of a study the same study: the config its runs train (the base config's values with
-        the overrides put in) and its seeds or search. The trial count may grow; nothing else may change."""
+        """What makes two runs of a study the same study: its config (the base config's values with the overrides put
+        in; seed.yaml, read beneath every config, is not part of it) and its seeds or search. The trial count may
+        grow; nothing else may change."""
         # Values, not text: editing a comment in the base config, or a base value the overrides replace, does not
         # make another study.
         return self._describe({"config": with_overrides(yaml.safe_load(self.base.read_text()), self.overrides)})
@@ -94,16 +94,14 @@ class Study:
         return json.dumps({**config, "seeds": self.seeds, "metric": self.metric, "direction": self.direction,
                            "val_size": self.val_size, "space": space}, sort_keys=True, default=str)
 
-    def digest(self) -> str:
-        return hashlib.sha256(self.definition().encode()).hexdigest()[:12]
-
     def make_pruner(self) -> optuna.pruners.BasePruner:
         kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
         return PRUNERS[self.pruner["type"]](**kwargs)
 
 
 def with_overrides(config: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config's values with dotted-key overrides (``{"data.erase": 0.0}``) put in."""
+    """A copy of a config's values with overrides put in: dotted keys (``{"data.erase": 0.0}``); a mapping is merged
+    key by key into a mapping already there, so the base values it does not name stay."""
     out = copy.deepcopy(config or {})
     for key, value in overrides.items():
         node = out
@@ -112,7 +110,10 @@ def with_overrides(config: dict[str, Any] | None, overrides: dict[str, Any]) -> 
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[last] = value
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = with_overrides(node[last], value)
+        else:
+            node[last] = copy.deepcopy(value)
     return out
 
 

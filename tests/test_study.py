@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,6 +249,10 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
     assert "| (same config) | 1 |" in text and "(the baseline)" in text
     with pytest.raises(commands.CommandError, match="its runs have different configs"):
         report([trained_run], tmp_path / "two", baseline=[trained_run, mirror_run])
+    copied = tmp_path / "copied"  # the same seed's run twice (a copy, not a link): which to pair with is ambiguous
+    shutil.copytree(trained_run, copied / "version_0")
+    with pytest.raises(commands.CommandError, match="seed 0 ran more than once"):
+        report([trained_run], tmp_path / "dup", baseline=[trained_run, copied])
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     (mixed / "version_0").symlink_to(trained_run)
@@ -368,6 +373,14 @@ def test_a_base_value_the_overrides_replace_does_not_make_another_study(tmp_path
     base.write_text("model:\n  lr: 0.2\ndata:\n  erase: 0.25\n")  # not pinned: other runs
     with pytest.raises(study.StudyError, match="already used by a study with another config"):
         study.open_study(study_file.load(path), storage)
+
+
+def test_overrides_go_into_the_base_values_key_by_key():
+    base = {"model": {"lr": 0.1, "net": {"class_path": "N", "init_args": {"widths": [1, 2], "dropout": 0.5}}}}
+    merged = study_file.with_overrides(base, {"model.net.init_args.dropout": 0.0, "model": {"lr": 0.2}, "data.x": 1})
+    assert merged == {"model": {"lr": 0.2, "net": {"class_path": "N", "init_args": {"widths": [1, 2], "dropout": 0.0}}},
+                      "data": {"x": 1}}
+    assert base["model"]["lr"] == 0.1  # a copy
 
 
 def test_a_study_stored_with_the_older_definition_is_still_itself_and_upgraded(tmp_path):
