@@ -390,3 +390,10 @@ def test_a_study_stored_with_the_older_definition_is_still_itself_and_upgraded(t
     old = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
     old.set_user_attr(study.DEFINITION, spec.legacy_definition())
     assert study.open_study(spec, storage).user_attrs[study.DEFINITION] == spec.definition()
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "studies").rglob("*.yaml")))
+def test_every_shipped_study_file_is_valid(path):
+    # each is checked as `make study` would check it before any training: its base, overrides and fit arguments
+    spec = study_file.load(REPO / path)
+    assert spec.seeds or spec.space
