@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -17,10 +18,11 @@ class TensorImages(Dataset):
 
     ``DataLoader`` calls ``__getitems__`` with a whole batch of indices, so a batch is one tensor gather rather
     than a Python loop over images; it stays a map-style dataset, so Lightning's distributed sampler shards it.
+    With ``with_indices`` a batch also carries the images' indices (for augmentation that depends on the image).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, with_indices: bool = False) -> None:
+        self.images, self.labels, self.with_indices = images, labels, with_indices
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -30,7 +32,7 @@ class TensorImages(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
-        return self.images[index], self.labels[index]
+        return (self.images[index], self.labels[index]) + ((index,) if self.with_indices else ())
 
 
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,16 +58,17 @@ class EvalSampler(DistributedSampler):
         return iter(self.indices)
 
 
-def random_shift_flip(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
+def random_shift_flip(images: torch.Tensor, pad: int = 2, flip: torch.Tensor | None = None) -> torch.Tensor:
     """Batched augmentation on [B, 1, H, W]: a random crop of the zero-padded image (shift by up to ``pad``
-    pixels) and a horizontal flip with probability 1/2, drawn per image from torch's global RNG."""
+    pixels) and a horizontal flip with probability 1/2, drawn per image from torch's global RNG; or, given ``flip``
+    (bool [B]), a flip of exactly those images."""
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=images.device)
     dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=images.device)
     rows = (torch.arange(h, device=images.device).view(1, h, 1) + dy).expand(b, h, w)
     cols = torch.arange(w, device=images.device).view(1, 1, w) + dx
-    flip = torch.rand(b, 1, 1, device=images.device) < 0.5
+    flip = torch.rand(b, 1, 1, device=images.device) < 0.5 if flip is None else flip.view(b, 1, 1)
     cols = torch.where(flip, cols.flip(-1), cols).expand(b, h, w)
     batch = torch.arange(b, device=images.device).view(b, 1, 1).expand(b, h, w)
     return padded[batch, 0, rows, cols].unsqueeze(1)
@@ -119,6 +122,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         std: normalisation std (default: FashionMNIST's training-set std; the notebook used MNIST's 0.3081).
         augment: random shift (up to ``max_shift`` pixels) and horizontal flip of training batches.
         max_shift: the largest shift ``augment`` applies, in pixels.
+        flip: how ``augment`` flips: ``random`` (each image with probability 1/2, every epoch) or ``alternate``
+            (airbench's alternating flips: a random half in the first epoch, then each image flipped in every other
+            epoch, so it is seen both ways in any two epochs in a row).
         erase: with ``augment``, the probability of random erasing each training image (a random rectangle set to
             the mean; 0 turns it off).
         num_workers: DataLoader worker processes (batches are one gather, so 0 is usually fastest).
@@ -138,6 +144,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         std: PositiveFloat = STD,
         augment: bool = False,
         max_shift: NonNegativeInt = 2,
+        flip: Literal["random", "alternate"] = "random",
         erase: ClosedUnitInterval = 0.0,
         num_workers: NonNegativeInt = 0,
         verify: bool = True,
@@ -149,6 +156,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.train_set: TensorImages | None = None
         self.val_set: TensorImages | None = None
         self.test_set: TensorImages | None = None
+        self.first_flips: torch.Tensor | None = None  # with flip: alternate, bool [training images]
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
@@ -167,6 +175,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if hp.erase and not hp.augment:
             raise DataError(f"data.erase={hp.erase} does nothing without augmentation: add data.augment=true "
                             f"(or drop data.erase)")
+        if hp.flip != "random" and not hp.augment:
+            raise DataError(f"data.flip={hp.flip} does nothing without augmentation: add data.augment=true "
+                            f"(or drop data.flip)")
         if not hp.test and not hp.val_size:
             raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
         directory = locate(hp.data_dir, allow_download=hp.download)
@@ -179,7 +190,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if hp.val_size:
             self.val_set = TensorImages(train_images[val_idx].to(device), train_labels[val_idx].to(device))
             train_images, train_labels = train_images[train_idx], train_labels[train_idx]
-        self.train_set = TensorImages(train_images.to(device), train_labels.to(device))
+        alternate = hp.flip == "alternate"
+        self.train_set = TensorImages(train_images.to(device), train_labels.to(device), with_indices=alternate)
+        if alternate:  # drawn apart from the global RNG, so the shuffling and shifts stay those of `random`
+            first = torch.rand(len(train_labels), generator=torch.Generator().manual_seed(hp.seed)) < 0.5
+            self.first_flips = first.to(device)
         if hp.test:  # model selection never loads the test set
             test_images, test_labels = load_split(directory, "test", hp.verify)
             self.test_set = TensorImages(test_images.to(device), test_labels.to(device))
@@ -218,21 +233,25 @@ class FashionMNISTDataModule(L.LightningDataModule):
         """The normalised value of a black pixel: the background, and what shifted-in borders are filled with."""
         return -self.hparams.mean / self.hparams.std
 
-    def normalize(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:
+    def normalize(self, images: torch.Tensor, augment: bool = False, flip: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 [B, 28, 28] (or [B, 1, 28, 28]) images to the network's normalised float input [B, 1, 28, 28].
 
-        Augmentation happens before normalising, so shifted-in pixels are black like the images' background.
+        Augmentation happens before normalising, so shifted-in pixels are black like the images' background;
+        ``flip`` (bool [B]) says which images it flips (default: a random half).
         """
         if images.dim() == 3:
             images = images.unsqueeze(1)
         scale = 1 / (255 * self.hparams.std)  # (x / 255 - mean) / std in two in-place passes
         if not augment:
             return images.float().mul_(scale).sub_(self.hparams.mean / self.hparams.std)
-        images = random_shift_flip(images.float().div_(255), pad=self.hparams.max_shift)
+        images = random_shift_flip(images.float().div_(255), pad=self.hparams.max_shift, flip=flip)
         images = images.sub_(self.hparams.mean).div_(self.hparams.std)
         return random_erase(images, self.hparams.erase) if self.hparams.erase else images
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        images, labels = batch
+        images, labels, *index = batch  # an index with flip: alternate (training batches only)
         training = self.trainer is not None and self.trainer.training
-        return self.normalize(images, augment=self.hparams.augment and training), labels
+        flip = None
+        if index and training:  # the first epoch's flips, then their opposite in every odd epoch
+            flip = self.first_flips[index[0]] ^ bool(self.trainer.current_epoch % 2)
+        return self.normalize(images, augment=self.hparams.augment and training, flip=flip), labels

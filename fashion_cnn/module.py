@@ -32,6 +32,8 @@ class FashionClassifier(L.LightningModule):
         momentum: SGD momentum.
         nesterov: use Nesterov momentum.
         weight_decay: L2 weight decay.
+        bn_bias_lr_scale: BatchNorm biases learn at ``lr`` times this, with ``weight_decay`` divided by it (so their
+            decay per step stays the same), as airbench does with 64; 1 leaves them as the other weights.
         label_smoothing: cross-entropy label smoothing for training (evaluation uses the plain loss).
         schedule: ``constant`` (the notebook's) or ``onecycle`` (warm up to ``lr``, then anneal, per step).
         channels_last: channels-last memory format for the network: the same function, often faster convolutions
@@ -54,6 +56,7 @@ class FashionClassifier(L.LightningModule):
         momentum: NonNegativeFloat = 0.5,
         nesterov: bool = False,
         weight_decay: NonNegativeFloat = 0.0,
+        bn_bias_lr_scale: PositiveFloat = 1.0,
         label_smoothing: NonNegativeFloat = 0.0,
         schedule: Literal["constant", "onecycle"] = "constant",
         channels_last: bool = False,
@@ -149,10 +152,26 @@ class FashionClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+        optimizer = torch.optim.SGD(self._parameter_groups(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
                                     weight_decay=hp.weight_decay)
         if hp.schedule == "constant":
             return optimizer
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches)
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _parameter_groups(self) -> list[dict]:
+        """One group of every weight, or with ``bn_bias_lr_scale`` a second of the BatchNorm biases (one group when
+        it is 1, so that checkpoints keep the optimizer state they always had)."""
+        hp = self.hparams
+        if hp.bn_bias_lr_scale == 1:
+            return [{"params": list(self.parameters())}]
+        # _BatchNorm: also the SyncBatchNorm that DDP's sync_batchnorm swaps in
+        biases = {id(m.bias) for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
+        if not biases:
+            raise FashionCNNError(f"model.bn_bias_lr_scale={hp.bn_bias_lr_scale} does nothing: the network has no "
+                                  f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")
+        return [{"params": [p for p in self.parameters() if id(p) not in biases]},
+                {"params": [p for p in self.parameters() if id(p) in biases], "lr": hp.lr * hp.bn_bias_lr_scale,
+                 "weight_decay": hp.weight_decay / hp.bn_bias_lr_scale}]

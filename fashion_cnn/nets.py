@@ -61,11 +61,13 @@ class StrongCNN(nn.Module):
         dropout: dropout before the classifier.
         pool: the 7x7 feature map is average-pooled to ``pool`` x ``pool`` for the classifier: 1 is global
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
+        identity_init: start each convolution's first ``in_channels`` filters as the identity (``nn.init.dirac_``;
+            the rest keep their random init), as airbench does: at the start every layer passes its input on.
     """
 
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
                  widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 128),
-                 dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1):
+                 dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1, identity_init: bool = False):
         super().__init__()
         pool = PoolSize(pool)  # the same check for Python callers: ValueError outside 1..7
         c1, c2, c3 = widths
@@ -77,6 +79,11 @@ class StrongCNN(nn.Module):
             nn.AdaptiveAvgPool2d(pool) if pool < 7 else nn.Identity(), nn.Flatten(),
         )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * pool * pool, num_classes))
+        if identity_init:
+            with torch.no_grad():
+                for conv in (m for m in self.features if isinstance(m, nn.Sequential)):
+                    weight = conv[0].weight  # [out, in, 3, 3]: identity on the first min(out, in) filters
+                    nn.init.dirac_(weight[: weight.shape[1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -157,3 +157,36 @@ def test_without_the_test_set_only_validation_is_evaluated():
     no_val = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, test=False)
     with pytest.raises(DataError, match="needs a validation split"):
         no_val.setup()
+
+
+def test_alternating_flips_flip_each_image_in_every_other_epoch():
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True, max_shift=0,
+                                flip="alternate")
+    dm.setup()
+    dm.trainer = type("Trainer", (), {"training": True, "current_epoch": 0})()  # what the hook reads
+    index = torch.arange(64)
+    images, labels, got = dm.train_set.__getitems__(index.tolist())
+    assert torch.equal(got, index)
+    plain = dm.normalize(images)
+
+    def flipped(epoch: int) -> torch.Tensor:
+        dm.trainer.current_epoch = epoch
+        x, y = dm.on_after_batch_transfer((images, labels, index), 0)
+        assert torch.equal(y, labels)
+        mirror = torch.tensor([torch.allclose(o, p.flip(-1)) for o, p in zip(x, plain, strict=True)])
+        assert (mirror | torch.tensor([torch.allclose(o, p) for o, p in zip(x, plain, strict=True)])).all()
+        return mirror
+
+    first = flipped(0)
+    assert 10 < first.sum() < 54  # a random half
+    assert torch.equal(flipped(1), ~first) and torch.equal(flipped(2), first) and torch.equal(flipped(5), ~first)
+    again = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True,
+                                   flip="alternate")
+    again.setup()
+    assert torch.equal(again.first_flips, dm.first_flips)  # drawn from data.seed alone
+
+
+def test_alternating_flips_without_augmentation_are_refused_in_one_line():
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, flip="alternate")
+    with pytest.raises(DataError, match=r"^data.flip=alternate does nothing without augmentation: add data.augment"):
+        dm.setup()

@@ -69,3 +69,27 @@ def test_eval_mirror_tests_on_the_mean_of_each_images_and_its_mirror_images_logi
     assert acc.compute() == (expected.argmax(1) == labels).float().mean()
     torch.testing.assert_close(loss.compute(), torch.nn.functional.cross_entropy(expected, labels))
     assert "eval_mirror" in mirror.hparams and list(mirror.state_dict()) == list(plain.state_dict())
+
+
+def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_dm):
+    from fashion_cnn.errors import FashionCNNError
+    from fashion_cnn.nets import StrongCNN
+
+    def model(scale: float) -> FashionClassifier:
+        return FashionClassifier(net=StrongCNN(widths=(4, 8, 8)), lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=scale,
+                                 schedule="onecycle")
+
+    assert len(model(1.0)._parameter_groups()) == 1  # checkpoints keep the optimizer state they always had
+    scaled = model(64.0)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(scaled, datamodule=small_dm)
+    others, biases = trainer.optimizers[0].param_groups
+    bn = [m for m in scaled.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in bn} and len(bn) == 6
+    assert len(others["params"]) + len(biases["params"]) == len(list(scaled.parameters()))
+    assert biases["weight_decay"] == pytest.approx(5e-4 / 64) and others["weight_decay"] == 5e-4
+    assert biases["max_lr"] == pytest.approx(6.4) and others["max_lr"] == pytest.approx(0.1)  # one-cycle peaks
+    assert biases["lr"] == pytest.approx(64 * others["lr"])
+    with pytest.raises(FashionCNNError, match=r"^model.bn_bias_lr_scale=64.0 does nothing: the network has no Batch"):
+        FashionClassifier(bn_bias_lr_scale=64.0).configure_optimizers()

@@ -94,3 +94,21 @@ def test_view_average_is_the_mean_of_the_networks_logits_over_the_views():
         torch.testing.assert_close(mirror, (net(x) + net(x.flip(-1))) / 2)
         torch.testing.assert_close(both, torch.stack([net(v) for v in views(x, True, 1, -1.0)]).mean(0))
     assert not torch.allclose(both, mirror)
+
+
+def test_identity_init_starts_each_convolution_as_the_identity_on_its_inputs():
+    torch.manual_seed(0)
+    net = StrongCNN(widths=(4, 8, 8), identity_init=True).eval()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 6
+    for conv in convs:
+        w = conv.weight
+        n = w.shape[1]
+        torch.testing.assert_close(w[:n], torch.nn.init.dirac_(torch.empty_like(w[:n])))
+        if w.shape[0] > n:  # the other filters keep their random init
+            assert w[n:].abs().sum() > 0 and not (w[n:] == 0).all()
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(convs[1](x)[:, :4], x)  # 4 -> 4 channels: the input passes through
+    torch.manual_seed(0)
+    plain = StrongCNN(widths=(4, 8, 8))
+    assert not torch.equal(plain.features[0][0].weight, convs[0].weight)
