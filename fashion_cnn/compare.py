@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_cnn import checkpoints, commands, figures
+from fashion_cnn import checkpoints, commands, figures, nets
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
 
@@ -62,7 +62,12 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A run's flat config with the model and data options added since it was made, at their defaults (which keep
     the behaviour from before the option existed), so that the runs it is compared with do not differ by them."""
     if config:
-        for prefix, cls in (("model.", FashionClassifier), ("data.", FashionMNISTDataModule)):
+        classes = [("model.", FashionClassifier), ("data.", FashionMNISTDataModule)]
+        net = config.get("model.net.class_path")
+        if isinstance(net, str) and net.startswith("fashion_cnn.nets."):  # the network's own options too
+            found = getattr(nets, net.rsplit(".", 1)[1], None)
+            classes += [("model.net.init_args.", found)] if inspect.isclass(found) else []
+        for prefix, cls in classes:
             for name, param in inspect.signature(cls).parameters.items():
                 if param.default not in (None, inspect.Parameter.empty):
                     config.setdefault(prefix + name, param.default)

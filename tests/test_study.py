@@ -290,6 +290,10 @@ def test_options_added_since_a_run_count_as_their_defaults():
     old = with_defaults({"model.lr": 0.1, "data.batch_size": 64})  # a run made before erase and eval_mirror
     assert old["data.erase"] == 0.0 and old["model.eval_mirror"] is False and old["model.lr"] == 0.1
     assert with_defaults({}) == {}
+    strong = with_defaults({"model.net.class_path": "fashion_cnn.nets.StrongCNN", "model.net.init_args.pool": 7})
+    assert strong["model.net.init_args.identity_init"] is False and strong["model.net.init_args.pool"] == 7
+    elsewhere = with_defaults({"model.net.class_path": "my_package.MyNet"})  # not one of ours: left as it is
+    assert not any(key.startswith("model.net.init_args.") for key in elsewhere)
 
 
 def test_compare_writes_where_asked_or_says_in_one_line_why_not(trained_run, tmp_path, capsys):
