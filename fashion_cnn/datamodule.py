@@ -30,7 +30,7 @@ class TensorImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, device=self.images.device)
         return (self.images[index], self.labels[index]) + ((index,) if self.with_indices else ())
 
@@ -192,7 +192,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             train_images, train_labels = train_images[train_idx], train_labels[train_idx]
         alternate = hp.flip == "alternate"
         self.train_set = TensorImages(train_images.to(device), train_labels.to(device), with_indices=alternate)
-        if alternate:  # drawn apart from the global RNG, so the shuffling and shifts stay those of `random`
+        if alternate:  # its own generator: the first flips depend on data.seed alone, not on what ran before
             first = torch.rand(len(train_labels), generator=torch.Generator().manual_seed(hp.seed)) < 0.5
             self.first_flips = first.to(device)
         if hp.test:  # model selection never loads the test set
