@@ -59,6 +59,8 @@ class StrongCNN(nn.Module):
         num_classes: output classes.
         widths: channels of the three stages.
         dropout: dropout before the classifier.
+        channel_dropout: dropout of whole channels of the final feature map (``nn.Dropout2d``): one random number
+            per channel instead of one per feature, so much cheaper on a CPU than ``dropout`` at ``pool`` 7.
         pool: the 7x7 feature map is average-pooled to ``pool`` x ``pool`` for the classifier: 1 is global
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
         identity_init: start each convolution's first ``in_channels`` filters as the identity (``nn.init.dirac_``;
@@ -67,7 +69,8 @@ class StrongCNN(nn.Module):
 
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
                  widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 128),
-                 dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1, identity_init: bool = False):
+                 dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1, identity_init: bool = False,
+                 channel_dropout: ClosedUnitInterval = 0.0):
         super().__init__()
         pool = PoolSize(pool)  # the same check for Python callers: ValueError outside 1..7
         c1, c2, c3 = widths
@@ -75,6 +78,7 @@ class StrongCNN(nn.Module):
             conv_bn_relu(1, c1), conv_bn_relu(c1, c1), nn.MaxPool2d(2),
             conv_bn_relu(c1, c2), conv_bn_relu(c2, c2), nn.MaxPool2d(2),
             conv_bn_relu(c2, c3), conv_bn_relu(c3, c3),
+            *([nn.Dropout2d(channel_dropout)] if channel_dropout else []),  # absent at 0: the same modules as before
             # pooling a 7x7 map to 7x7 changes nothing but costs a copy and its backward (a few % of a step)
             nn.AdaptiveAvgPool2d(pool) if pool < 7 else nn.Identity(), nn.Flatten(),
         )

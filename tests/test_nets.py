@@ -112,3 +112,16 @@ def test_identity_init_starts_each_convolution_as_the_identity_on_its_inputs():
     torch.manual_seed(0)
     plain = StrongCNN(widths=(4, 8, 8))
     assert not torch.equal(plain.features[0][0].weight, convs[0].weight)
+
+
+def test_channel_dropout_drops_whole_channels_of_the_final_map_in_training_only():
+    torch.manual_seed(0)
+    net = StrongCNN(widths=(4, 8, 8), pool=7, dropout=0.0, channel_dropout=0.5)
+    plain = StrongCNN(widths=(4, 8, 8), pool=7, dropout=0.0)
+    assert list(net.state_dict()) == list(plain.state_dict())  # checkpoints of either load into the other
+    features = net.features.train()(torch.randn(16, 1, 28, 28)).view(16, 8, 49)
+    dropped = (features == 0).all(-1)  # a dropped channel is zero at all 49 positions
+    assert 0.3 < dropped.float().mean() < 0.7
+    net.eval()
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(net(x), net(x))  # no dropout in evaluation
