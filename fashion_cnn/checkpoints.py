@@ -179,9 +179,22 @@ def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) ->
         differs = next(k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k))
         what = (f"{trained} with other options than this config's ({differs}: {theirs.get(differs)} in the "
                 f"checkpoint, {ours.get(differs)} here)")
+    raise CheckpointError(f"{path} was trained with {what}; resume it with {_resume_with(path)}")
+
+
+def check_same_optimizer(checkpoint: dict, path: Path, bn_bias_lr_scale: float) -> None:
+    """Raise :class:`CheckpointError` unless ``model.bn_bias_lr_scale`` gives the optimizer the checkpoint's parameter
+    groups (one at 1, two otherwise): torch would refuse the optimizer state with a multi-line error."""
+    theirs = float(checkpoint["hyper_parameters"].get("bn_bias_lr_scale", 1.0))
+    if (theirs == 1) != (bn_bias_lr_scale == 1):
+        raise CheckpointError(f"{path} was trained with model.bn_bias_lr_scale={theirs:g}, whose optimizer state this "
+                              f"config's {bn_bias_lr_scale:g} cannot continue; resume it with {_resume_with(path)}")
+
+
+def _resume_with(path: Path) -> str:
+    """The options that resume ``path`` as it was trained."""
     config = run_dir_of(path) / "config.yaml"
-    how = f"--config {config} --ckpt_path {path}" if config.is_file() else "the config it was trained with"
-    raise CheckpointError(f"{path} was trained with {what}; resume it with {how}")
+    return f"--config {config} --ckpt_path {path}" if config.is_file() else "the config it was trained with"
 
 
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:

@@ -69,8 +69,10 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
             classes += [("model.net.init_args.", found)] if inspect.isclass(found) else []
         for prefix, cls in classes:
             for name, param in inspect.signature(cls).parameters.items():
-                if param.default not in (None, inspect.Parameter.empty):
-                    config.setdefault(prefix + name, param.default)
+                if param.default not in (None, inspect.Parameter.empty):  # written as a config.yaml would have it
+                    default = list(param.default) if isinstance(param.default, tuple) else param.default
+                    for key, value in flatten({name: default}, prefix).items():
+                        config.setdefault(key, value)
     return config
 
 

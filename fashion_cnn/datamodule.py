@@ -18,7 +18,8 @@ class TensorImages(Dataset):
 
     ``DataLoader`` calls ``__getitems__`` with a whole batch of indices, so a batch is one tensor gather rather
     than a Python loop over images; it stays a map-style dataset, so Lightning's distributed sampler shards it.
-    With ``with_indices`` a batch also carries the images' indices (for augmentation that depends on the image).
+    With ``with_indices`` a batch (not a single item) also carries the images' indices, for augmentation that
+    depends on the image.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, with_indices: bool = False) -> None:
@@ -35,7 +36,7 @@ class TensorImages(Dataset):
         return (self.images[index], self.labels[index]) + ((index,) if self.with_indices else ())
 
 
-def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """``collate_fn`` for :class:`TensorImages`: ``__getitems__`` already returns a whole batch."""
     return batch
 
@@ -248,10 +249,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
         images = images.sub_(self.hparams.mean).div_(self.hparams.std)
         return random_erase(images, self.hparams.erase) if self.hparams.erase else images
 
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...],
+                                dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels, *index = batch  # an index with flip: alternate (training batches only)
         training = self.trainer is not None and self.trainer.training
         flip = None
         if index and training:  # the first epoch's flips, then their opposite in every odd epoch
-            flip = self.first_flips[index[0]] ^ bool(self.trainer.current_epoch % 2)
+            flip = self.first_flips.to(index[0].device)[index[0]] ^ bool(self.trainer.current_epoch % 2)
         return self.normalize(images, augment=self.hparams.augment and training, flip=flip), labels

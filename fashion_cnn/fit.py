@@ -118,6 +118,7 @@ class FashionCLI(LightningCLI):
         checkpoint = checkpoints.read(path)
         net = self.config.model.net
         checkpoints.check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
+        checkpoints.check_same_optimizer(checkpoint, path, self.config.model.bn_bias_lr_scale)
         step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
         run = checkpoints.run_dir_of(path)

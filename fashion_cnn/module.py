@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -69,6 +69,9 @@ class FashionClassifier(L.LightningModule):
         self.net = net if net is not None else SeedCNN()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if bn_bias_lr_scale != 1 and not self._batchnorm_biases():
+            raise FashionCNNError(f"model.bn_bias_lr_scale={bn_bias_lr_scale} does nothing: the network has no "
+                                  f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")
         if compile:
             self.net.compile()
         for split in METRIC_SPLITS:  # one metric object per split: self.train_acc, self.val_loss, ...
@@ -161,17 +164,18 @@ class FashionClassifier(L.LightningModule):
             total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _parameter_groups(self) -> list[dict]:
-        """One group of every weight, or with ``bn_bias_lr_scale`` a second of the BatchNorm biases (one group when
-        it is 1, so that checkpoints keep the optimizer state they always had)."""
+    def _batchnorm_biases(self) -> set[int]:
+        """The ids of the BatchNorm biases (``_BatchNorm``: also the SyncBatchNorm that DDP's sync_batchnorm swaps
+        in before the optimizer is made)."""
+        return {id(m.bias) for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """One group of every parameter, or with ``bn_bias_lr_scale`` a second of the BatchNorm biases (one group
+        when it is 1, so that checkpoints keep the optimizer state they always had)."""
         hp = self.hparams
         if hp.bn_bias_lr_scale == 1:
             return [{"params": list(self.parameters())}]
-        # _BatchNorm: also the SyncBatchNorm that DDP's sync_batchnorm swaps in
-        biases = {id(m.bias) for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
-        if not biases:
-            raise FashionCNNError(f"model.bn_bias_lr_scale={hp.bn_bias_lr_scale} does nothing: the network has no "
-                                  f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")
+        biases = self._batchnorm_biases()
         return [{"params": [p for p in self.parameters() if id(p) not in biases]},
                 {"params": [p for p in self.parameters() if id(p) in biases], "lr": hp.lr * hp.bn_bias_lr_scale,
                  "weight_decay": hp.weight_decay / hp.bn_bias_lr_scale}]

@@ -64,7 +64,8 @@ class StrongCNN(nn.Module):
         pool: the 7x7 feature map is average-pooled to ``pool`` x ``pool`` for the classifier: 1 is global
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
         identity_init: start each convolution's first ``in_channels`` filters as the identity (``nn.init.dirac_``;
-            the rest keep their random init), as airbench does: at the start every layer passes its input on.
+            the rest keep their random init), as airbench does: at the start each convolution passes its input on
+            in those channels (the first one, with one input channel, in one).
     """
 
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
@@ -85,8 +86,8 @@ class StrongCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * pool * pool, num_classes))
         if identity_init:
             with torch.no_grad():
-                for conv in (m for m in self.features if isinstance(m, nn.Sequential)):
-                    weight = conv[0].weight  # [out, in, 3, 3]: identity on the first min(out, in) filters
+                for block in (m for m in self.features if isinstance(m, nn.Sequential)):  # conv, BN, ReLU
+                    weight = block[0].weight  # [out, in, 3, 3]: identity on the first min(out, in) filters
                     nn.init.dirac_(weight[: weight.shape[1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -190,3 +190,16 @@ def test_alternating_flips_without_augmentation_are_refused_in_one_line():
     dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, flip="alternate")
     with pytest.raises(DataError, match=r"^data.flip=alternate does nothing without augmentation: add data.augment"):
         dm.setup()
+
+
+def test_alternating_flips_train_through_lightning(small_dm):
+    """The indices travel through the DataLoader and Lightning's batch transfer to the hook, which drops them."""
+    import lightning as L
+
+    from fashion_cnn.module import FashionClassifier
+
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True, flip="alternate")
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(FashionClassifier(), datamodule=dm)
+    assert trainer.current_epoch == 2 and dm.first_flips is not None and len(dm.first_flips) == 512

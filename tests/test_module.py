@@ -79,7 +79,13 @@ def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_
         return FashionClassifier(net=StrongCNN(widths=(4, 8, 8)), lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=scale,
                                  schedule="onecycle")
 
-    assert len(model(1.0)._parameter_groups()) == 1  # checkpoints keep the optimizer state they always had
+    plain = model(1.0)  # the optimizer and schedule as they were before the option: one group, a scalar max_lr
+    plain.trainer = type("Trainer", (), {"estimated_stepping_batches": 100})()
+    built = plain.configure_optimizers()
+    before = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.5, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(before, max_lr=0.1, total_steps=100)
+    assert built["optimizer"].state_dict() == before.state_dict()
+    assert built["lr_scheduler"]["scheduler"].state_dict() == schedule.state_dict()
     scaled = model(64.0)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -92,4 +98,4 @@ def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_
     assert biases["max_lr"] == pytest.approx(6.4) and others["max_lr"] == pytest.approx(0.1)  # one-cycle peaks
     assert biases["lr"] == pytest.approx(64 * others["lr"])
     with pytest.raises(FashionCNNError, match=r"^model.bn_bias_lr_scale=64.0 does nothing: the network has no Batch"):
-        FashionClassifier(bn_bias_lr_scale=64.0).configure_optimizers()
+        FashionClassifier(bn_bias_lr_scale=64.0)

@@ -106,7 +106,7 @@ def test_identity_init_starts_each_convolution_as_the_identity_on_its_inputs():
         n = w.shape[1]
         torch.testing.assert_close(w[:n], torch.nn.init.dirac_(torch.empty_like(w[:n])))
         if w.shape[0] > n:  # the other filters keep their random init
-            assert w[n:].abs().sum() > 0 and not (w[n:] == 0).all()
+            assert (w[n:] != 0).float().mean() > 0.9
     x = torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(convs[1](x)[:, :4], x)  # 4 -> 4 channels: the input passes through
     torch.manual_seed(0)

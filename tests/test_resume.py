@@ -107,3 +107,20 @@ def test_resuming_with_another_network_is_one_line_and_writes_nothing(args, word
     run = Path("lightning_logs", "version_0")  # as `last` names it, relative to the working directory
     assert f"resume it with --config {run / 'config.yaml'} --ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in err
     assert tree_digest(tmp_path) == before and sorted(p.name for p in logs.iterdir()) == ["version_0"]
+
+
+def test_resuming_with_other_optimizer_groups_is_one_line_and_writes_nothing(trained_run, tmp_path, monkeypatch,
+                                                                            capsys):
+    logs = tmp_path / "lightning_logs"
+    shutil.copytree(trained_run, logs / "version_0")
+    last = logs / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["bn_bias_lr_scale"] = 64.0  # as if trained with a second group of BN biases
+    torch.save(checkpoint, last)
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert fit_command.main([*SMALL, "--ckpt_path", "last"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "was trained with model.bn_bias_lr_scale=64, whose optimizer state this config's 1 cannot continue" in err
+    assert tree_digest(tmp_path) == before and sorted(p.name for p in logs.iterdir()) == ["version_0"]

@@ -292,6 +292,8 @@ def test_options_added_since_a_run_count_as_their_defaults():
     assert with_defaults({}) == {}
     strong = with_defaults({"model.net.class_path": "fashion_cnn.nets.StrongCNN", "model.net.init_args.pool": 7})
     assert strong["model.net.init_args.identity_init"] is False and strong["model.net.init_args.pool"] == 7
+    assert strong["model.net.init_args.channel_dropout"] == 0.0
+    assert strong["model.net.init_args.widths"] == "[32, 64, 128]"  # as flatten writes a config.yaml's list
     elsewhere = with_defaults({"model.net.class_path": "my_package.MyNet"})  # not one of ours: left as it is
     assert not any(key.startswith("model.net.init_args.") for key in elsewhere)
 
