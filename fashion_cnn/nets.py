@@ -63,6 +63,10 @@ class StrongCNN(nn.Module):
             per channel instead of one per feature, so much cheaper on a CPU than ``dropout`` at ``pool`` 7.
         pool: the 7x7 feature map is average-pooled to ``pool`` x ``pool`` for the classifier: 1 is global
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
+        whiten: airbench's first layer: instead of the first conv-BN-ReLU block, a frozen 3x3 convolution whose 18
+            filters are the 9 principal components of 3x3 image patches, each scaled to unit variance, and their
+            negatives (a learned bias and ReLU follow). Its weights come from the training images
+            (:meth:`init_from_data`, which fit calls before training); until then they are random.
         identity_init: start each convolution's first ``in_channels`` filters as the identity (``nn.init.dirac_``;
             the rest keep their random init), as airbench does: at the start each convolution passes its input on
             in those channels (the first one, with one input channel, in one).
@@ -71,12 +75,17 @@ class StrongCNN(nn.Module):
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
                  widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 128),
                  dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1, identity_init: bool = False,
-                 channel_dropout: ClosedUnitInterval = 0.0):
+                 channel_dropout: ClosedUnitInterval = 0.0, whiten: bool = False):
         super().__init__()
         pool = PoolSize(pool)  # the same check for Python callers: ValueError outside 1..7
+        self.whiten = whiten
         c1, c2, c3 = widths
+        if whiten:
+            first = nn.Sequential(nn.Conv2d(1, 2 * 9, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+            first[0].weight.requires_grad_(False)  # fixed by the data, as airbench's
+        stem = [first, conv_bn_relu(2 * 9, c1)] if whiten else [conv_bn_relu(1, c1), conv_bn_relu(c1, c1)]
         self.features = nn.Sequential(
-            conv_bn_relu(1, c1), conv_bn_relu(c1, c1), nn.MaxPool2d(2),
+            *stem, nn.MaxPool2d(2),
             conv_bn_relu(c1, c2), conv_bn_relu(c2, c2), nn.MaxPool2d(2),
             conv_bn_relu(c2, c3), conv_bn_relu(c3, c3),
             *([nn.Dropout2d(channel_dropout)] if channel_dropout else []),  # absent at 0: the same modules as before
@@ -88,10 +97,26 @@ class StrongCNN(nn.Module):
             with torch.no_grad():
                 for block in (m for m in self.features if isinstance(m, nn.Sequential)):  # conv, BN, ReLU
                     weight = block[0].weight  # [out, in, 3, 3]: identity on the first min(out, in) filters
-                    nn.init.dirac_(weight[: weight.shape[1]])
+                    if weight.requires_grad:  # not the whitening layer's: the data sets those
+                        nn.init.dirac_(weight[: weight.shape[1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """With ``whiten``, set the first layer's filters from normalised training images [N, 1, 28, 28]: the
+        eigenvectors of the 3x3 patches' covariance divided by the square roots of their eigenvalues (+ ``eps``),
+        and their negatives, so the layer's outputs are decorrelated with unit variance. Without it, nothing."""
+        if not self.whiten:
+            return
+        conv = self.features[0][0]
+        patches = nn.functional.unfold(images.float().to(conv.weight.device), kernel_size=3)  # [N, 9, positions]
+        patches = patches.transpose(1, 2).reshape(-1, 9)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (eigenvectors / (eigenvalues + eps).sqrt()).T.reshape(9, 1, 3, 3)
+        conv.weight.copy_(torch.cat([filters, -filters]))
+        conv.bias.zero_()
 
 
 def views(x: torch.Tensor, mirror: bool, shift: int, fill: float) -> list[torch.Tensor]:

@@ -125,3 +125,29 @@ def test_channel_dropout_drops_whole_channels_of_the_final_map_in_training_only(
     net.eval()
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(net(x), net(x))  # no dropout in evaluation
+
+
+def test_whitening_layer_decorrelates_patches_and_stays_frozen(small_dm):
+    import lightning as L
+
+    from fashion_cnn.module import FashionClassifier
+
+    torch.manual_seed(0)
+    net = StrongCNN(widths=(4, 8, 8), whiten=True)
+    images = small_dm.normalize(small_dm.train_set.images)
+    net.init_from_data(images)
+    conv = net.features[0][0]
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, conv.weight)[:, :9]  # the 9 components, inside the image
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 9)
+    covariance = flat.T @ flat / len(flat)
+    torch.testing.assert_close(covariance, torch.diag(covariance.diagonal()), atol=1e-3, rtol=0)  # decorrelated
+    assert ((covariance.diagonal() > 0.5) & (covariance.diagonal() <= 1.0)).all()  # unit variance, less eps' share
+    torch.testing.assert_close(conv.weight[9:], -conv.weight[:9])
+
+    model = FashionClassifier(net=StrongCNN(widths=(4, 8, 8), whiten=True), lr=0.1, momentum=0.9)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=small_dm)  # fit sets the filters from the training images, then keeps them
+    torch.testing.assert_close(model.net.features[0][0].weight, conv.weight)
+    assert not torch.equal(model.net.features[0][0].bias, torch.zeros(18))  # the bias learns
