@@ -167,3 +167,17 @@ def test_a_result_records_what_a_citation_needs():
     assert run["argv"] == sys.orig_argv and torch.__version__.startswith(run["torch"])
     assert run["cpu_count"] >= 1 and len(run["load_average_start"]) == 3
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", run["started"])
+
+
+def test_net_step_times_the_configs_network_and_each_variant(capsys):
+    from benchmarks import net_step
+
+    strong = net_step.config_values("strong")  # read on top of seed.yaml, as fit reads it
+    assert strong["model"]["net"]["init_args"]["widths"] == [16, 64, 128] and strong["model"]["channels_last"]
+    net_step.main(["--config", "tiny", "--option", "whiten=true", "--steps", "1", "--rounds", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tiny: batch") and "2 rounds of 1 steps" in lines[0]
+    assert lines[1].split()[0] == "config" and lines[1].endswith("1.000x the config's network")
+    assert lines[2].split()[0] == "whiten=true" and "ms/step" in lines[2]
+    with pytest.raises(SystemExit):
+        net_step.main(["--option", "whiten"])

@@ -1,0 +1,89 @@
+"""Milliseconds per training step of a config's network against the same network with other options, side by side.
+
+    python -m benchmarks.net_step --config strong --option whiten=true [--option identity_init=true ...]
+
+Each ``--option`` is one variant: the config's ``model.net`` with that init argument changed. The steps are the
+config's (batch size, precision, memory format; SGD with Nesterov momentum) on random inputs, since a step's cost
+does not depend on the pixels, without Lightning, data loading or evaluation: what the network itself costs. The
+variants take turns, ``--steps`` steps each per round; the figure is the median over ``--rounds`` rounds after a
+warm-up, and a ratio is the median of the per-round ratios, so a slow spell on a shared machine scales both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from fashion_cnn.checkpoints import build_net
+from fashion_cnn.study_file import with_overrides
+
+CONFIGS = Path(__file__).resolve().parent.parent / "fashion_cnn" / "configs"
+
+
+def config_values(name: str) -> dict:
+    """A shipped config's values, read on top of seed.yaml as fit reads them."""
+    seed = yaml.safe_load((CONFIGS / "seed.yaml").read_text())
+    return with_overrides(seed, yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+
+
+def stepper(net_config: dict, batch: int, bf16: bool, channels_last: bool):
+    """A function that runs one training step of the network ``net_config`` builds."""
+    torch.manual_seed(0)
+    net = build_net(net_config)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    x, y = torch.randn(batch, 1, 28, 28).contiguous(memory_format=memory), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.net_step", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="strong", help="a shipped config with a model.net (default: strong)")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a variant: the network with this init argument (repeatable)")
+    parser.add_argument("--steps", type=int, default=30, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds after the warm-up round")
+    args = parser.parse_args(argv)
+    values = config_values(args.config)
+    net, trainer = values["model"]["net"], values.get("trainer", {})
+    variants = {"config": net}
+    for option in args.option:
+        name, _, value = option.partition("=")
+        if not name or not value:
+            parser.error(f"--option {option}: give NAME=VALUE, e.g. whiten=true")
+        variants[option] = with_overrides(net, {f"init_args.{name}": yaml.safe_load(value)})
+    steps = {name: stepper(net_config, values["data"]["batch_size"], trainer.get("precision") == "bf16-mixed",
+                           values["model"].get("channels_last", False)) for name, net_config in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(args.rounds + 1):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            if round_:  # the first round warms up
+                times[name].append(1000 * (time.perf_counter() - start) / args.steps)
+    print(f"{args.config}: batch {values['data']['batch_size']}, precision {trainer.get('precision', '32-true')}, "
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps")
+    for name, ms in times.items():
+        ratio = statistics.median(a / b for a, b in zip(ms, times["config"], strict=True))
+        print(f"  {name:<24} {statistics.median(ms):7.1f} ms/step   {ratio:.3f}x the config's network")
+
+
+if __name__ == "__main__":
+    main()
