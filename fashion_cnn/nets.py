@@ -59,17 +59,17 @@ class StrongCNN(nn.Module):
         num_classes: output classes.
         widths: channels of the three stages.
         dropout: dropout before the classifier.
-        channel_dropout: dropout of whole channels of the final feature map (``nn.Dropout2d``): one random number
-            per channel instead of one per feature, so much cheaper on a CPU than ``dropout`` at ``pool`` 7.
         pool: the 7x7 feature map is average-pooled to ``pool`` x ``pool`` for the classifier: 1 is global
             average pooling; larger keeps where a feature is (a collar, a sleeve), which clothing classes depend on.
+        identity_init: start each convolution's first ``in_channels`` filters as the identity (``nn.init.dirac_``;
+            the rest keep their random init), as airbench does: at the start each convolution passes its input on
+            in those channels (the first one, with one input channel, in one).
+        channel_dropout: dropout of whole channels of the final feature map (``nn.Dropout2d``): one random number
+            per channel instead of one per feature, so much cheaper on a CPU than ``dropout`` at ``pool`` 7.
         whiten: airbench's first layer: instead of the first conv-BN-ReLU block, a frozen 3x3 convolution whose 18
             filters are the 9 principal components of 3x3 image patches, each scaled to unit variance, and their
             negatives (a learned bias and ReLU follow). Its weights come from the training images
             (:meth:`init_from_data`, which fit calls before training); until then they are random.
-        identity_init: start each convolution's first ``in_channels`` filters as the identity (``nn.init.dirac_``;
-            the rest keep their random init), as airbench does: at the start each convolution passes its input on
-            in those channels (the first one, with one input channel, in one).
     """
 
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
