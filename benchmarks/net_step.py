@@ -51,14 +51,21 @@ def stepper(net_config: dict, batch: int, bf16: bool, channels_last: bool):
     return step
 
 
+def positive(text: str) -> int:
+    """An argparse type: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.net_step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="strong", help="a shipped config with a model.net (default: strong)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a variant: the network with this init argument (repeatable)")
-    parser.add_argument("--steps", type=int, default=30, help="steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds after the warm-up round")
+    parser.add_argument("--steps", type=positive, default=30, help="steps per variant per round")
+    parser.add_argument("--rounds", type=positive, default=6, help="rounds after the warm-up round")
     args = parser.parse_args(argv)
     values = config_values(args.config)
     net, trainer = values["model"]["net"], values.get("trainer", {})

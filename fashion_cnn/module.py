@@ -81,12 +81,14 @@ class FashionClassifier(L.LightningModule):
                 setattr(self, f"{split}_loss", MeanMetric())
 
     def setup(self, stage: str) -> None:
-        # A network that starts from the data (StrongCNN's whitening layer) sees 5,000 normalised training images,
-        # as airbench's does; when a checkpoint is resumed, its weights replace these afterwards.
-        init_from_data = getattr(self.net, "init_from_data", None)
-        if stage == "fit" and init_from_data is not None:
+        # A network whose first layer comes from the data (StrongCNN's `whiten`) sees 5,000 normalised training
+        # images, as airbench's does; when a checkpoint is resumed, its weights replace these afterwards.
+        if stage == "fit" and getattr(self.net, "whiten", False):
             datamodule = self.trainer.datamodule
-            init_from_data(datamodule.normalize(datamodule.train_set.images[:5000]))
+            if getattr(datamodule, "train_set", None) is None:
+                raise FashionCNNError("a network with whiten needs the training images to set its first layer: "
+                                      "fit it with the FashionMNIST datamodule")
+            self.net.init_from_data(datamodule.normalize(datamodule.train_set.images[:5000]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, 10] for normalised images [B, 1, 28, 28]."""

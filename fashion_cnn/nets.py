@@ -66,10 +66,12 @@ class StrongCNN(nn.Module):
             in those channels (the first one, with one input channel, in one).
         channel_dropout: dropout of whole channels of the final feature map (``nn.Dropout2d``): one random number
             per channel instead of one per feature, so much cheaper on a CPU than ``dropout`` at ``pool`` 7.
-        whiten: airbench's first layer: instead of the first conv-BN-ReLU block, a frozen 3x3 convolution whose 18
-            filters are the 9 principal components of 3x3 image patches, each scaled to unit variance, and their
-            negatives (a learned bias and ReLU follow). Its weights come from the training images
-            (:meth:`init_from_data`, which fit calls before training); until then they are random.
+        whiten: a first layer after airbench's: instead of the first conv-BN-ReLU block, a frozen 3x3 convolution
+            whose 18 filters are the 9 principal components of 3x3 image patches, each scaled to unit variance, and
+            their negatives (a learned bias and ReLU follow). Airbench's is 2x2 without padding and stops training
+            its bias after a few epochs; this one keeps 28x28 (padding 1) and trains its bias throughout. Its
+            weights come from the training images (:meth:`init_from_data`, which the first fit calls); until then
+            they are random.
     """
 
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
@@ -83,6 +85,8 @@ class StrongCNN(nn.Module):
         if whiten:
             first = nn.Sequential(nn.Conv2d(1, 2 * 9, kernel_size=3, padding=1), nn.ReLU(inplace=True))
             first[0].weight.requires_grad_(False)  # fixed by the data, as airbench's
+            # saved with the weights: a checkpoint, or a second fit of the same network, keeps its filters
+            self.register_buffer("whitened", torch.tensor(False))
         stem = [first, conv_bn_relu(2 * 9, c1)] if whiten else [conv_bn_relu(1, c1), conv_bn_relu(c1, c1)]
         self.features = nn.Sequential(
             *stem, nn.MaxPool2d(2),
@@ -95,7 +99,7 @@ class StrongCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * pool * pool, num_classes))
         if identity_init:
             with torch.no_grad():
-                for block in (m for m in self.features if isinstance(m, nn.Sequential)):  # conv, BN, ReLU
+                for block in (m for m in self.features if isinstance(m, nn.Sequential)):  # a conv first
                     weight = block[0].weight  # [out, in, 3, 3]: identity on the first min(out, in) filters
                     if weight.requires_grad:  # not the whitening layer's: the data sets those
                         nn.init.dirac_(weight[: weight.shape[1]])
@@ -105,10 +109,12 @@ class StrongCNN(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """With ``whiten``, set the first layer's filters from normalised training images [N, 1, 28, 28]: the
+        """With ``whiten``, set the first layer's filters from normalised training images [N, 1, 28, 28], once: the
         eigenvectors of the 3x3 patches' covariance divided by the square roots of their eigenvalues (+ ``eps``),
-        and their negatives, so the layer's outputs are decorrelated with unit variance. Without it, nothing."""
-        if not self.whiten:
+        and their negatives, so that inside the image the layer's outputs are decorrelated with unit variance (at
+        the border its zero padding is mid-grey, not the black background). Without ``whiten``, or when the filters
+        are already set (a checkpoint's, or an earlier fit's), nothing."""
+        if not self.whiten or self.whitened:
             return
         conv = self.features[0][0]
         patches = nn.functional.unfold(images.float().to(conv.weight.device), kernel_size=3)  # [N, 9, positions]
@@ -117,6 +123,7 @@ class StrongCNN(nn.Module):
         filters = (eigenvectors / (eigenvalues + eps).sqrt()).T.reshape(9, 1, 3, 3)
         conv.weight.copy_(torch.cat([filters, -filters]))
         conv.bias.zero_()
+        self.whitened.fill_(True)
 
 
 def views(x: torch.Tensor, mirror: bool, shift: int, fill: float) -> list[torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from fashion_cnn.lookahead import Lookahead
@@ -21,7 +22,7 @@ def train(small_dm, callbacks: list, max_epochs: int = 2) -> FashionClassifier:
 
 
 def test_the_network_ends_as_the_slow_copy_and_training_took_another_path(small_dm):
-    lookahead = Lookahead(every=2, decay=0.9)
+    lookahead = Lookahead(every=3, decay=0.9)  # 16 steps: the last is no regular update, only the final copy
     model = train(small_dm, [lookahead])
     plain = train(small_dm, [])
     state = {k: v for k, v in model.state_dict().items() if k in lookahead.slow}
@@ -65,3 +66,8 @@ def test_a_run_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(small_dm,
     resumed = run(ckpt_path=checkpoints.last_model_path)
     for key, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_a_step_between_updates_is_refused_unless_positive():
+    with pytest.raises(ValueError):
+        Lookahead(every=0)

@@ -151,3 +151,31 @@ def test_whitening_layer_decorrelates_patches_and_stays_frozen(small_dm):
     trainer.fit(model, datamodule=small_dm)  # fit sets the filters from the training images, then keeps them
     torch.testing.assert_close(model.net.features[0][0].weight, conv.weight)
     assert not torch.equal(model.net.features[0][0].bias, torch.zeros(18))  # the bias learns
+
+
+def test_whitening_is_set_once_and_only_for_networks_that_ask_for_it(small_dm):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from fashion_cnn.errors import FashionCNNError
+    from fashion_cnn.module import FashionClassifier
+
+    def fit(model, **data) -> None:
+        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(model, **data)
+
+    torch.manual_seed(0)
+    model = FashionClassifier(net=StrongCNN(widths=(4, 8, 8), whiten=True), lr=0.1, momentum=0.9)
+    fit(model, datamodule=small_dm)
+    conv = model.net.features[0][0]
+    weight, bias = conv.weight.clone(), conv.bias.clone()
+    assert model.net.whitened and "net.whitened" in model.state_dict()  # checkpoints keep it set
+    assert not torch.equal(bias, torch.zeros(18))  # learned
+    model.setup("fit")  # what a second fit of the same model does first: the filters stay, the bias is not reset
+    assert torch.equal(conv.weight, weight) and torch.equal(conv.bias, bias)
+
+    images = small_dm.normalize(small_dm.train_set.images)
+    loader = DataLoader(list(zip(images, small_dm.train_set.labels, strict=True)), batch_size=64)
+    fit(FashionClassifier(net=StrongCNN(widths=(4, 8, 8))), train_dataloaders=loader)  # no datamodule needed
+    with pytest.raises(FashionCNNError, match="^a network with whiten needs the training images"):
+        fit(FashionClassifier(net=StrongCNN(widths=(4, 8, 8), whiten=True)), train_dataloaders=loader)
