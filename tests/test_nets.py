@@ -177,5 +177,5 @@ def test_whitening_is_set_once_and_only_for_networks_that_ask_for_it(small_dm):
     images = small_dm.normalize(small_dm.train_set.images)
     loader = DataLoader(list(zip(images, small_dm.train_set.labels, strict=True)), batch_size=64)
     fit(FashionClassifier(net=StrongCNN(widths=(4, 8, 8))), train_dataloaders=loader)  # no datamodule needed
-    with pytest.raises(FashionCNNError, match="^a network with whiten needs the training images"):
+    with pytest.raises(FashionCNNError, match=r"^a network with whiten needs the training images"):
         fit(FashionClassifier(net=StrongCNN(widths=(4, 8, 8), whiten=True)), train_dataloaders=loader)
