@@ -49,6 +49,28 @@ def test_onecycle_schedule_steps_per_batch(small_dm):
     assert scheduler.interval == "step" and scheduler.scheduler.last_epoch == 8  # 512 / 64 steps
 
 
+@pytest.mark.parametrize(("momentum", "low", "high"), [(0.9, 0.85, 0.95), (0.5, 0.25, 0.75), (0.98, 0.97, 0.99),
+                                                         (0.0, 0.0, 0.0)])
+def test_onecycle_cycles_momentum_around_the_configured_momentum(momentum, low, high):
+    model = FashionClassifier(lr=0.1, momentum=momentum, schedule="onecycle")
+    model.trainer = type("Trainer", (), {"estimated_stepping_batches": 100})()
+    built = model.configure_optimizers()
+    optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(100):
+        seen.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(high) and min(seen) == pytest.approx(low)
+    assert seen[-1] == pytest.approx(high, abs=1e-3)
+
+
+@pytest.mark.parametrize("momentum", [1.0, -0.1])
+def test_a_momentum_outside_0_to_1_is_refused(momentum):
+    with pytest.raises(ValueError, match="does not conform to restriction v>=0 and v<1"):
+        FashionClassifier(momentum=momentum)
+
+
 def test_compile_keeps_one_copy_of_the_weights_under_their_plain_names():
     plain, compiled = FashionClassifier(), FashionClassifier(compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
@@ -76,13 +98,15 @@ def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_
     from fashion_cnn.nets import StrongCNN
 
     def model(scale: float) -> FashionClassifier:
-        return FashionClassifier(net=StrongCNN(widths=(4, 8, 8)), lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=scale,
-                                 schedule="onecycle")
+        return FashionClassifier(net=StrongCNN(widths=(4, 8, 8)), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                 bn_bias_lr_scale=scale, schedule="onecycle")
 
-    plain = model(1.0)  # the optimizer and schedule as they were before the option: one group, a scalar max_lr
+    # the optimizer and schedule the shipped recipes (momentum 0.9) had before the option and before momentum set
+    # the one-cycle's momentum: one group, a scalar max_lr, OneCycleLR's default momentum cycle
+    plain = model(1.0)
     plain.trainer = type("Trainer", (), {"estimated_stepping_batches": 100})()
     built = plain.configure_optimizers()
-    before = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.5, weight_decay=5e-4)
+    before = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(before, max_lr=0.1, total_steps=100)
     assert built["optimizer"].state_dict() == before.state_dict()
     assert built["lr_scheduler"]["scheduler"].state_dict() == schedule.state_dict()
