@@ -22,6 +22,7 @@ from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.module import parameter_group_count
 from fashion_cnn.nets import SeedCNN, ViewAverage
 
 NAMED = ("best", "last")
@@ -184,9 +185,9 @@ def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) ->
 
 def check_same_optimizer(checkpoint: dict, path: Path, bn_bias_lr_scale: float) -> None:
     """Raise :class:`CheckpointError` unless ``model.bn_bias_lr_scale`` gives the optimizer the checkpoint's parameter
-    groups (one at 1, two otherwise): torch would refuse the optimizer state with a multi-line error."""
+    groups: torch would refuse the optimizer state with a multi-line error."""
     theirs = float(checkpoint["hyper_parameters"].get("bn_bias_lr_scale", 1.0))
-    if (theirs == 1) != (bn_bias_lr_scale == 1):
+    if parameter_group_count(theirs) != parameter_group_count(bn_bias_lr_scale):
         raise CheckpointError(f"{path} was trained with model.bn_bias_lr_scale={theirs:g}, whose optimizer state this "
                               f"config's {bn_bias_lr_scale:g} cannot continue; resume it with {_resume_with(path)}")
 

@@ -23,6 +23,12 @@ METRIC_SPLITS = ("train", "val", "test")
 Momentum = restricted_number_type("Momentum", float, [(">=", 0), ("<", 1)], join="and")
 
 
+def parameter_group_count(bn_bias_lr_scale: float) -> int:
+    """The optimizer's parameter groups under ``bn_bias_lr_scale``: one at 1, as before the option existed (so
+    checkpoints keep the optimizer state they always had), two otherwise (the BatchNorm biases apart)."""
+    return 1 if bn_bias_lr_scale == 1 else 2
+
+
 class TrainingDiverged(FashionCNNError):
     """The training loss became NaN or infinite."""
 
@@ -191,10 +197,9 @@ class FashionClassifier(L.LightningModule):
         return {id(m.bias) for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
-        """One group of every parameter, or with ``bn_bias_lr_scale`` a second of the BatchNorm biases (one group
-        when it is 1, so that checkpoints keep the optimizer state they always had)."""
+        """All parameters in one group, or the BatchNorm biases in a second (:func:`parameter_group_count`)."""
         hp = self.hparams
-        if hp.bn_bias_lr_scale == 1:
+        if parameter_group_count(hp.bn_bias_lr_scale) == 1:
             return [{"params": list(self.parameters())}]
         biases = self._batchnorm_biases()
         return [{"params": [p for p in self.parameters() if id(p) not in biases]},
