@@ -82,6 +82,9 @@ class FashionClassifier(L.LightningModule):
         self.net = net if net is not None else SeedCNN()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if nesterov and momentum == 0:  # torch refuses it only when the optimizer is made, after the data loaded
+            raise FashionCNNError("model.nesterov needs momentum: set model.momentum above 0 (e.g. 0.9) or "
+                                  "model.nesterov false")
         if bn_bias_lr_scale != 1 and not self._batchnorm_biases():
             raise FashionCNNError(f"model.bn_bias_lr_scale={bn_bias_lr_scale} does nothing: the network has no "
                                   f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")

@@ -95,6 +95,7 @@ def test_command_line_overrides_reach_the_run(workdir):
         (["--data.val_size", "-1"], "data.val_size"),
         (["--model.schedule", "cosine"], "model.schedule"),
         (["--model.momentum", "1"], '"model.momentum": Not of type Momentum'),
+        (["--config", "strong", "--model.momentum", "0"], "model.nesterov needs momentum: set model.momentum"),
         (["--config", "strong", "--model.net.init_args.pool", "9"], '"pool": Not of type PoolSize'),
         (["--config", "strong", "--model.net.init_args.dropout", "1.5"], '"dropout": Not of type ClosedUnitInterval'),
         (["--data.max_shift", "-1"], "data.max_shift"),
