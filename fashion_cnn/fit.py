@@ -68,7 +68,7 @@ class FashionCLI(LightningCLI):
     """LightningCLI with the project's defaults, its checkpoint policy and its run directories."""
 
     new_run: Path | None = None  # the version_N directory this process reserved for a new run
-    new_root: Path | None = None  # its parent, when this process created that too
+    new_dirs: tuple[Path, ...] = ()  # the directories above it that this process created too, deepest first
 
     def __init__(self, *args, extra_callbacks: Sequence[L.Callback] = (), **kwargs) -> None:
         self.extra_callbacks = tuple(extra_callbacks)  # added by train(callbacks=...), e.g. a study's pruning callback
@@ -91,7 +91,7 @@ class FashionCLI(LightningCLI):
             self._resume_into_its_run()
         if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
             log_root = Path(logger.init_args.save_dir) / logger.init_args.name
-            self.new_root = None if log_root.exists() else log_root
+            self.new_dirs = tuple(d for d in (log_root, *log_root.parents) if not d.exists())
             self.new_run = reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
 
@@ -103,9 +103,9 @@ class FashionCLI(LightningCLI):
             raise
 
     def release_new_run(self) -> None:
-        """Remove the reserved run directory (and the log directory, if this process made it) while nothing was
-        written into it: a run that failed before starting leaves nothing behind."""
-        for made in (self.new_run, self.new_root):
+        """Remove the reserved run directory (and the log directories above it that this process made) while
+        nothing was written into them: a run that failed before starting leaves nothing behind."""
+        for made in (self.new_run, *self.new_dirs):
             if made is not None and made.is_dir() and not any(made.iterdir()):
                 made.rmdir()
 

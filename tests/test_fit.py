@@ -155,6 +155,12 @@ def test_data_dir_that_is_a_file(workdir, capsys):
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
+def test_a_run_refused_at_construction_removes_the_log_directories_it_made(workdir, capsys):
+    code = run_fit("--config", "strong", "--model.momentum", "0", "--trainer.logger.init_args.save_dir", "new/logs")
+    assert code == 1 and "model.nesterov needs momentum" in capsys.readouterr().err
+    assert not (workdir / "new").exists()
+
+
 def test_log_directory_that_cannot_be_written(workdir, capsys):
     (workdir / "logs_here").write_text("a file, not a directory")
     code = run_fit("--trainer.logger.init_args.save_dir", "logs_here/runs")
