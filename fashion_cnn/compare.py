@@ -7,8 +7,8 @@ groups, the number of seeds, the final test accuracy as mean ± std with a 95% c
 seeds), the best validation accuracy and the wall time per run (a study's trial: its whole fit; another run: from
 its first to its last logged event). With ``--baseline RUN_OR_STUDY`` (repeatable: one config's seeds may span
 several studies) a column gives each group's gain over that group, paired by seed: the mean ± std of the per-seed
-differences, over the seeds both ran. The PNG shows a search's metric against each searched parameter, or the spread
-of each repeated config over its seeds.
+differences, over the seeds both ran, and a one-sided paired t-test's p-value for "no gain". The PNG shows a
+search's metric against each searched parameter, or the spread of each repeated config over its seeds.
 """
 
 from __future__ import annotations
@@ -150,6 +150,22 @@ def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
     return mean, std, (T95[n - 2] if n - 1 <= len(T95) else 1.96) * std / math.sqrt(n)
 
 
+def t_sf(t: float, df: int) -> float:
+    """P(T > t) for Student's t with ``df`` (a positive integer) degrees of freedom: the finite series of
+    Abramowitz & Stegun 26.7.3-4, exact for integer ``df``, so no SciPy is needed."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    for j in range(1, (df - 1) // 2 if df % 2 else df // 2):  # the series' terms beyond its first
+        term *= c2 * (2 * j / (2 * j + 1) if df % 2 else (2 * j - 1) / (2 * j))
+        total += term
+    if df % 2:  # odd: A = 2/pi (theta + sin cos (1 + 2/3 cos^2 + ...)), the last term only beyond df 1
+        inside = theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0)
+        central = 2 / math.pi * inside
+    else:  # even: A = sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        central = math.sin(theta) * total
+    return (1 - math.copysign(central, t)) / 2  # central = P(|T| < |t|)
+
+
 def groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
     out: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -159,7 +175,8 @@ def groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
 
 def paired_gain(members: list[Run], baseline: list[Run]) -> str:
     """``members``' gain over ``baseline`` in points, paired by seed: mean ± std of the per-seed differences of the
-    final test accuracy, or of the best validation accuracy when either side was not tested."""
+    final test accuracy, or of the best validation accuracy when either side was not tested, and the one-sided
+    paired t-test's p-value that the gain is not above zero (t = mean / (std / sqrt(n)), n - 1 degrees of freedom)."""
     both = [*members, *baseline]
     metric = "test_acc" if all(r.test_acc is not None for r in both) else "best_val"
     if any(getattr(r, metric) is None for r in both):
@@ -169,8 +186,12 @@ def paired_gain(members: list[Run], baseline: list[Run]) -> str:
     diffs = [ours[seed] - theirs[seed] for seed in ours if seed in theirs]
     if not diffs:
         return "no common seed"
+    n = len(diffs)
+    if n < 2:
+        return f"{mean_std_ci(diffs)[0]:+.2f} (1 seed)"
     mean, std, _ = mean_std_ci(diffs)
-    return f"{mean:+.2f} ± {std:.2f} ({len(diffs)} seeds)" if len(diffs) > 1 else f"{mean:+.2f} (1 seed)"
+    p = t_sf(mean / (std / math.sqrt(n)), n - 1) if std > 0 else float(mean <= 0)
+    return f"{mean:+.2f} ± {std:.2f} ({n} seeds, p = {p:.3f})"
 
 
 def table(runs: list[Run], baseline: list[Run] | None = None) -> str:

@@ -227,7 +227,18 @@ def test_compare_gives_each_groups_gain_over_a_baseline_paired_by_seed():
     assert lines[0].endswith("| gain over the baseline (paired by seed) |")
     rows = {line.split(" | ")[0]: line for line in lines[2:]}
     assert rows["| data.erase=0"].endswith("| (the baseline) |")
-    assert rows["| data.erase=0.5"].endswith("| +0.83 ± 0.29 (3 seeds) |")
+    # differences 1.0, 0.5, 1.0: t = 0.833 / (0.289 / sqrt(3)) = 5.0 with 2 degrees of freedom
+    assert rows["| data.erase=0.5"].endswith("| +0.83 ± 0.29 (3 seeds, p = 0.019) |")
+
+
+def test_the_t_distributions_tail_matches_its_table_and_its_integral():
+    from fashion_cnn.compare import T95, t_sf
+
+    for df, t95 in enumerate(T95, start=1):  # the two-sided 95% points leave 2.5% in each tail
+        assert t_sf(t95, df) == pytest.approx(0.025, abs=1e-4) and t_sf(-t95, df) == pytest.approx(0.975, abs=1e-4)
+    assert t_sf(0.0, 5) == t_sf(0.0, 4) == 0.5
+    # P(T > 1) with 6 degrees of freedom and P(T > 2) with 10, by numerical integration of the density elsewhere
+    assert t_sf(1.0, 6) == pytest.approx(0.177959, abs=1e-6) and t_sf(2.0, 10) == pytest.approx(0.036694, abs=1e-6)
 
 
 def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_run, mirror_run, tmp_path):
@@ -235,7 +246,8 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
 
     tested = [Run(Path(f"/t{seed}"), {"seed_everything": seed}, 0.9, 0.8, 1.0) for seed in (0, 1)]
     val_only = [Run(Path(f"/v{seed}"), {"seed_everything": seed}, None, 0.85, 1.0) for seed in (0, 1)]
-    assert paired_gain(tested, val_only) == "-5.00 ± 0.00 (2 seeds)"  # val against val, not test (0.9) against val
+    # val against val, not test (0.9) against val; a loss on every seed alike: p = 1
+    assert paired_gain(tested, val_only) == "-5.00 ± 0.00 (2 seeds, p = 1.000)"
     assert paired_gain(tested, [Run(Path("/x"), {"seed_everything": 0}, None, None, 1.0)]) == "no common metric"
     # the baseline named again as a target: each of its runs once
     text = report([trained_run, trained_run], tmp_path / "once", baseline=[trained_run])
