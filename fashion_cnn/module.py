@@ -205,6 +205,7 @@ class FashionClassifier(L.LightningModule):
         if parameter_group_count(hp.bn_bias_lr_scale) == 1:
             return [{"params": list(self.parameters())}]
         biases = self._batchnorm_biases()
-        return [{"params": [p for p in self.parameters() if id(p) not in biases]},
+        # named, so that LearningRateMonitor's TensorBoard tags say which is which (lr-SGD/batchnorm_biases, not pg2)
+        return [{"params": [p for p in self.parameters() if id(p) not in biases], "name": "weights"},
                 {"params": [p for p in self.parameters() if id(p) in biases], "lr": hp.lr * hp.bn_bias_lr_scale,
-                 "weight_decay": hp.weight_decay / hp.bn_bias_lr_scale}]
+                 "weight_decay": hp.weight_decay / hp.bn_bias_lr_scale, "name": "batchnorm_biases"}]

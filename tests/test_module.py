@@ -93,7 +93,7 @@ def test_eval_mirror_tests_on_the_mean_of_each_images_and_its_mirror_images_logi
     assert "eval_mirror" in mirror.hparams and list(mirror.state_dict()) == list(plain.state_dict())
 
 
-def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_dm):
+def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_dm, tmp_path):
     from fashion_cnn.errors import FashionCNNError
     from fashion_cnn.nets import StrongCNN
 
@@ -111,10 +111,13 @@ def test_bn_bias_lr_scale_gives_batchnorm_biases_their_own_rate_and_decay(small_
     assert built["optimizer"].state_dict() == before.state_dict()
     assert built["lr_scheduler"]["scheduler"].state_dict() == schedule.state_dict()
     scaled = model(64.0)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    monitor = L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")
+    trainer = L.Trainer(max_epochs=1, logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[monitor])
     trainer.fit(scaled, datamodule=small_dm)
     others, biases = trainer.optimizers[0].param_groups
+    assert set(monitor.lrs) == {"lr-SGD/weights", "lr-SGD/batchnorm_biases"}  # TensorBoard's tags, not pg1/pg2
     bn = [m for m in scaled.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {id(p) for p in biases["params"]} == {id(m.bias) for m in bn} and len(bn) == 6
     assert len(others["params"]) + len(biases["params"]) == len(list(scaled.parameters()))
