@@ -89,6 +89,8 @@ class FashionCLI(LightningCLI):
             check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
         if self.config.ckpt_path:
             self._resume_into_its_run()
+        elif _is_tensorboard(logger) and logger.init_args.version is not None:
+            check_new_version(Path(logger.init_args.save_dir) / logger.init_args.name, logger.init_args.version)
         if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
             log_root = Path(logger.init_args.save_dir) / logger.init_args.name
             self.new_dirs = tuple(d for d in (log_root, *log_root.parents) if not d.exists())
@@ -101,6 +103,8 @@ class FashionCLI(LightningCLI):
         except BaseException:
             self.release_new_run()
             raise
+        if self.new_run is not None:  # the logger has its number; config.yaml records none, so that `--config
+            self.config.trainer.logger.init_args.version = None  # <run>/config.yaml` starts a new run, not this one
 
     def release_new_run(self) -> None:
         """Remove the reserved run directory (and the log directories above it that this process made) while
@@ -168,6 +172,17 @@ def reserve_run_dir(log_root: Path) -> Path:
             return run_dir
         except FileExistsError:
             continue
+
+
+def check_new_version(log_root: Path, version: int | str) -> None:
+    """Refuse a new run in the directory of an existing one (``trainer.logger.init_args.version`` naming it, as a
+    config.yaml saved before runs recorded ``version: null`` does): Lightning would stop after loading the data with
+    a traceback, and with its config.yaml removed would overwrite that run's checkpoints."""
+    run_dir = log_root / (f"version_{version}" if isinstance(version, int) else str(version))
+    if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(f"{run_dir} already holds a run, and trainer.logger.init_args.version={version} would "
+                          f"start a new one there: set it to null for a new run directory (or resume that run "
+                          f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
 
 
 def check_final_shift(final_shift: int, augment: bool, max_shift: int) -> None:

@@ -149,6 +149,25 @@ def test_help_and_print_config_as_a_user_runs_them(tmp_path):
     assert not (tmp_path / "lightning_logs").exists()
 
 
+def test_a_runs_config_yaml_runs_it_again_in_a_new_directory(workdir, capsys):
+    assert run_fit("--trainer.max_epochs", "1") == 0
+    first = workdir / "lightning_logs" / "version_0"
+    config = first / "config.yaml"
+    assert "version: null" in config.read_text()  # the logger's number is not part of the experiment
+    before = tree_digest(first)
+    assert fit.main(["--config", str(config)]) == 0  # the README's "runs it again": the same numbers, a new run
+    again = workdir / "lightning_logs" / "version_1"
+    assert scalars(again)["test/acc"] == scalars(first)["test/acc"] and tree_digest(first) == before
+    # a config.yaml that names its run (as they did before): one line, and that run untouched
+    config.write_text(config.read_text().replace("version: null", "version: 0"))
+    before = tree_digest(workdir / "lightning_logs")
+    capsys.readouterr()
+    assert fit.main(["--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lightning_logs/version_0 already holds a run" in err and "set it to null" in err
+    assert tree_digest(workdir / "lightning_logs") == before
+
+
 def test_data_dir_that_is_a_file(workdir, capsys):
     (workdir / "data").write_text("not a directory")
     assert fit.main(["--data.data_dir", "data"]) == 1
