@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
@@ -190,6 +191,45 @@ def check_same_optimizer(checkpoint: dict, path: Path, bn_bias_lr_scale: float) 
     if parameter_group_count(theirs) != parameter_group_count(bn_bias_lr_scale):
         raise CheckpointError(f"{path} was trained with model.bn_bias_lr_scale={theirs:g}, whose optimizer state this "
                               f"config's {bn_bias_lr_scale:g} cannot continue; resume it with {_resume_with(path)}")
+
+
+# Options a resumed run may change: where the data is and how it is read or evaluated, and how the same network runs
+RESUMABLE_CHANGES = {"model.compile", "model.channels_last", "data.data_dir", "data.num_workers", "data.verify",
+                     "data.download", "data.eval_batch_size"}
+
+
+def check_same_recipe(checkpoint: dict, path: Path, model: dict, data: dict) -> None:
+    """Raise :class:`CheckpointError` unless the config's model and data options (the network aside:
+    :func:`check_same_network`; and :data:`RESUMABLE_CHANGES`) are the checkpoint's: a run resumed with another
+    recipe (``--ckpt_path last`` without the run's ``--config fast``, say) would go on silently with this one's
+    learning rate, batch size and schedule. Options the checkpoint predates are not compared."""
+    differs = [(f"{prefix}.{key}", value, ours[key])
+               for prefix, theirs, ours in (("model", checkpoint["hyper_parameters"], model),
+                                            ("data", checkpoint["datamodule_hyper_parameters"], data))
+               for key, value in theirs.items()
+               if key != "net" and not key.startswith("_") and f"{prefix}.{key}" not in RESUMABLE_CHANGES
+               and key in ours and ours[key] != value]
+    if differs:
+        trained = ", ".join(f"{name}={value}" for name, value, _ in differs[:3])
+        here = ", ".join(f"{name}={value}" for name, _, value in differs[:3])
+        more = f" and {len(differs) - 3} more" if len(differs) > 3 else ""
+        raise CheckpointError(f"{path} was trained with {trained}{more}, this config has {here}; resume it with "
+                              f"{_resume_with(path)}")
+
+
+def check_same_length(path: Path, trainer: dict) -> None:
+    """Raise :class:`CheckpointError` if the config trains for another length than the checkpoint's run (its
+    config.yaml, when there is one), for a one-cycle schedule: laid out over the run's steps, it cannot be extended,
+    and torch would fail with a traceback once past the old end. Checked before the run is touched; Lightning's own
+    setup would already write into it (:meth:`~fashion_cnn.module.FashionClassifier.on_load_checkpoint` checks
+    the steps themselves there, when there is no config.yaml to go by)."""
+    config = run_dir_of(path) / "config.yaml"
+    saved = (yaml.safe_load(config.read_text()) or {}).get("trainer") or {} if config.is_file() else {}
+    for key in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches"):
+        if key in saved and saved[key] != trainer.get(key):
+            raise CheckpointError(f"{path} was trained with a one-cycle schedule laid out over trainer.{key}="
+                                  f"{saved[key]}, and this config has {trainer.get(key)}: resume it with the run's "
+                                  f"own trainer.{key} (to train longer, start a new run with the longer schedule)")
 
 
 def _resume_with(path: Path) -> str:

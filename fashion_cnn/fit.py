@@ -123,6 +123,9 @@ class FashionCLI(LightningCLI):
         net = self.config.model.net
         checkpoints.check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
         checkpoints.check_same_optimizer(checkpoint, path, self.config.model.bn_bias_lr_scale)
+        checkpoints.check_same_recipe(checkpoint, path, self.config.model.as_dict(), self.config.data.as_dict())
+        if self.config.model.schedule == "onecycle":
+            checkpoints.check_same_length(path, self.config.trainer.as_dict())
         step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
         run = checkpoints.run_dir_of(path)

@@ -174,10 +174,25 @@ class FashionClassifier(L.LightningModule):
             checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_same_length(checkpoint)
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
+
+    def _check_same_length(self, checkpoint: dict) -> None:
+        """A one-cycle schedule is laid out over its run's steps: resumed with another length torch would fail with a
+        traceback once past the old end. fit compares the run's config.yaml first (:func:`~fashion_cnn.checkpoints.
+        check_same_length`), before anything is written; this covers the rest (no config.yaml, another dataset
+        size or device count), once the data is set up and the steps are known."""
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if self.hparams.schedule != "onecycle" or not schedulers or self.trainer.state.fn != "fit":
+            return
+        planned, now = schedulers[0].get("total_steps"), self.trainer.estimated_stepping_batches
+        if planned is not None and planned != now:
+            raise FashionCNNError(f"this run's one-cycle schedule was laid out over {planned} steps and this config "
+                                  f"trains {now}: resume it with the run's own trainer.max_epochs (to train longer, "
+                                  f"start a new run with the longer schedule)")
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -124,3 +124,46 @@ def test_resuming_with_other_optimizer_groups_is_one_line_and_writes_nothing(tra
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "was trained with model.bn_bias_lr_scale=64, whose optimizer state this config's 1 cannot continue" in err
     assert tree_digest(tmp_path) == before and sorted(p.name for p in logs.iterdir()) == ["version_0"]
+
+
+def test_resuming_with_another_recipe_is_one_line_and_writes_nothing(trained_run, tmp_path, monkeypatch, capsys):
+    from fashion_cnn.checkpoints import check_same_recipe
+
+    logs = tmp_path / "lightning_logs"
+    shutil.copytree(trained_run, logs / "version_0")
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    # the run trained with lr 0.05 and momentum 0.9 (conftest); `--ckpt_path last` alone is the seed config's recipe
+    assert fit_command.main([*SMALL, "--ckpt_path", "last"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert ("was trained with model.lr=0.05, model.momentum=0.9, this config has model.lr=0.01, model.momentum=0.5"
+            in err)
+    assert "resume it with --config lightning_logs/version_0/config.yaml --ckpt_path" in err
+    assert tree_digest(tmp_path) == before and sorted(p.name for p in logs.iterdir()) == ["version_0"]
+    # where the data is and how it is read or evaluated may change; options the checkpoint predates are not compared
+    checkpoint = torch.load(logs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    model, data = dict(checkpoint["hyper_parameters"]), dict(checkpoint["datamodule_hyper_parameters"])
+    check_same_recipe(checkpoint, Path("x.ckpt"), {**model, "compile": True, "a_new_option": 1},
+                      {**data, "data_dir": "/elsewhere", "num_workers": 2, "eval_batch_size": 7})
+    with pytest.raises(fit_command.FashionCNNError, match=r"data.batch_size=\d+, this config has data.batch_size=3;"):
+        check_same_recipe(checkpoint, Path("x.ckpt"), model, {**data, "batch_size": 3})
+
+
+def test_resuming_a_one_cycle_run_for_longer_is_one_line_and_keeps_the_run(tmp_path):
+    assert fit(tmp_path, "--config", "fast", "--trainer.max_epochs", "2").wait(timeout=300) == 0
+    run = tmp_path / "lightning_logs" / "version_0"
+    kept = {p: p.read_bytes() for p in [run / "config.yaml", *(run / "checkpoints").iterdir()]}
+    logged = scalars(run)
+    proc = fit(tmp_path, "--config", "fast", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert "one-cycle schedule laid out over trainer.max_epochs=2, and this config has 3" in out
+    assert all(p.read_bytes() == content for p, content in kept.items()) and scalars(run) == logged
+    # without the run's config.yaml to compare with, the steps themselves, once the data is set up: still one line
+    (run / "config.yaml").unlink()
+    proc = fit(tmp_path, "--config", "fast", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert "one-cycle schedule was laid out over 4 steps and this config trains 6" in out
+    assert all(p.read_bytes() == content for p, content in kept.items() if p.name != "config.yaml")
