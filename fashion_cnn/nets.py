@@ -20,8 +20,9 @@ class SeedCNN(nn.Module):
     ``cross_entropy`` changed nothing, since log_softmax is idempotent).
     """
 
-    def __init__(self, num_classes: PositiveInt = NUM_CLASSES, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: PositiveInt = NUM_CLASSES, dropout: ClosedUnitInterval = 0.5) -> None:
         super().__init__()
+        dropout = ClosedUnitInterval(dropout)  # the same check for Python callers: ValueError outside [0, 1]
         self.features = nn.Sequential(
             nn.Conv2d(1, 10, kernel_size=5),  # 28 -> 24
             nn.MaxPool2d(2),  # -> 12

@@ -98,6 +98,7 @@ def test_command_line_overrides_reach_the_run(workdir):
         (["--config", "strong", "--model.momentum", "0"], "model.nesterov needs momentum: set model.momentum"),
         (["--config", "strong", "--model.net.init_args.pool", "9"], '"pool": Not of type PoolSize'),
         (["--config", "strong", "--model.net.init_args.dropout", "1.5"], '"dropout": Not of type ClosedUnitInterval'),
+        (["--model.net.init_args.dropout", "1.5"], '"dropout": Not of type ClosedUnitInterval'),  # SeedCNN's
         (["--data.max_shift", "-1"], "data.max_shift"),
         (["--model.final_shift", "1"], "model.final_shift=1 is for networks trained with random shifts"),
         (["--config", "strong", "--model.final_shift", "2"], "set model.final_shift to at most 1"),
