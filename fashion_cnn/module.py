@@ -90,6 +90,7 @@ class FashionClassifier(L.LightningModule):
                                   f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")
         if compile:
             self.net.compile()
+        self.losses_finite: torch.Tensor | None = None  # off the CPU: whether every unchecked step's loss was finite
         for split in METRIC_SPLITS:  # one metric object per split: self.train_acc, self.val_loss, ...
             # validate_args=False: the checks cost a host sync per batch, and labels were validated on load
             setattr(self, f"{split}_acc", MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False))
@@ -117,11 +118,16 @@ class FashionClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         logging_step = self._is_logging_step()
-        # Checking needs the loss on the host: free on CPU, a sync on GPU, so there only on logging steps.
-        if (logging_step or loss.device.type == "cpu") and not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
-                f"the learning rate is probably too high (model.lr={self.hparams.lr}); lower it and start again")
+        # Checking needs the loss on the host: free on CPU, a sync on GPU, so there only on logging steps; between
+        # them a flag on the device collects it, checked before any checkpoint is saved (on_save_checkpoint)
+        if logging_step or loss.device.type == "cpu":
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
+                    f"the learning rate is probably too high (model.lr={self.hparams.lr}); lower it and start again")
+        else:
+            finite = torch.isfinite(loss.detach())
+            self.losses_finite = finite if self.losses_finite is None else self.losses_finite & finite
         self.train_acc.update(logits.detach(), labels)
         # A self.log call costs as much as a fair part of this small network's step (Lightning updates its result
         # collection each time), so the step loss is logged only on the steps the logger writes.
@@ -164,6 +170,11 @@ class FashionClassifier(L.LightningModule):
         self.log("final/test_acc", acc)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.losses_finite is not None and not bool(self.losses_finite):  # never save diverged weights
+            raise TrainingDiverged(
+                f"training loss became NaN or infinite in epoch {self.current_epoch}, between the steps it is logged "
+                f"at: the learning rate is probably too high (model.lr={self.hparams.lr}); lower it and start again "
+                f"(the checkpoints saved before are kept)")
         # A resumed run continues after the checkpoint's step, so metrics logged before it must already be on disk:
         # flushing here means a run killed later loses none of what it showed before this checkpoint.
         for logger in self.loggers:

@@ -38,3 +38,15 @@ def test_fast_gpu_options_train(options):
     trainer, _ = fit_on_gpu(**options)
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
     assert float(trainer.callback_metrics["test/acc"]) > 0.25  # it learns: chance is 0.1; 0.42-0.46 on CPU
+
+
+def test_divergence_between_logging_steps_keeps_the_last_good_checkpoint(tmp_path):
+    from fashion_cnn.module import TrainingDiverged
+
+    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False)
+    # no step is a logging step: only the device flag, read when the epoch's checkpoint is saved, can see the NaN
+    trainer = L.Trainer(accelerator="gpu", devices=1, max_epochs=2, logger=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, num_sanity_val_steps=0, log_every_n_steps=1000)
+    with pytest.raises(TrainingDiverged, match="between the steps it is logged"):
+        trainer.fit(FashionClassifier(lr=1e6), datamodule=dm)
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -40,6 +40,19 @@ def test_divergence_stops_at_once_with_a_clear_message(small_dm):
     assert trainer.current_epoch == 0
 
 
+def test_a_checkpoint_is_never_saved_after_an_unchecked_diverged_step(small_dm, tmp_path):
+    # Off the CPU only logging steps check the loss on the host; the others set a device flag, read before a save.
+    model = FashionClassifier()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=small_dm)
+    trainer.save_checkpoint(tmp_path / "good.ckpt")
+    model.losses_finite = torch.tensor(True) & torch.isfinite(torch.tensor(float("nan")))  # as a GPU step leaves it
+    with pytest.raises(TrainingDiverged, match=r"became NaN or infinite in epoch \d+, between the steps it is logged"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists() and (tmp_path / "good.ckpt").is_file()
+
+
 def test_onecycle_schedule_steps_per_batch(small_dm):
     model = FashionClassifier(lr=0.1, schedule="onecycle")
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
