@@ -1,7 +1,7 @@
 """Seconds per epoch, side by side, in one run: the notebook's loop, the bare floor, and the project's entry point.
 
     python -m benchmarks.bench [--epochs 6] [--json benchmarks/results/bench.json]
-    python -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast
+    python -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast [--json .../bench_fast.json]
 
 Each variant runs in its own process on the same real data (batch 64, the seed CNN, SGD 0.01/0.5), so its peak
 RSS is its own. An epoch is 60,000 training images plus the 10,000-image test. The variants take turns: all start
@@ -161,9 +161,13 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     parser.add_argument("--time-to", type=float, default=None, dest="target",
                         help="instead: train until this test accuracy (e.g. 0.885) and report the time to it")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the record (default: benchmarks/results/bench.json, with --time-to "
+                             "bench_fast.json: each kind of run keeps its own file)")
     parser.add_argument("--data_dir", default="data", help="as the DataModule's data_dir (default: data)")
     args = parser.parse_args()
+    default_json = "bench.json" if args.target is None else "bench_fast.json"
+    args.json = args.json or ROOT / "benchmarks" / "results" / default_json
     names, data_dir = args.variants.split(","), str(Path(args.data_dir).resolve())
     if unknown := set(names) - set(VARIANTS):
         parser.error(f"unknown variants {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
