@@ -42,10 +42,19 @@ class ArgumentParser(OneLineUsage, argparse.ArgumentParser):
     """argparse with the project's one-line usage errors."""
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, unless its help already says it, or it has none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser(module: str, description: str) -> ArgumentParser:
     """The argument parser of ``python -m fashion_cnn.<module>``."""
     return ArgumentParser(prog=f"python -m fashion_cnn.{module}", description=description,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=DefaultsHelp)
 
 
 def hide_library_noise() -> None:

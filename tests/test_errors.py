@@ -52,3 +52,13 @@ def test_every_command_reports_a_usage_error_in_the_same_one_line_format(module,
     prog = f"python -m fashion_cnn.{module}"
     assert err.startswith(f"{prog}: error: ") and err.endswith(f"\n  (see `{prog} --help`)\n"), err
     assert err.count("\n") == 2 and "usage:" not in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "study", "compare", "report", "data_files"])
+def test_help_states_each_default_once_and_no_empty_ones(command, capsys):
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"fashion_cnn.{command}").main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    options = text.split(" -")[1:]
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert all(option.count("default") <= 1 for option in options), [o for o in options if o.count("default") > 1]
