@@ -234,14 +234,22 @@ def _is_tensorboard(logger) -> bool:
     return bool(logger) and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
 
 
+def shipped_configs() -> list[str]:
+    """The names ``--config`` takes for the shipped configs (seed, fast, ...), as in ``fashion_cnn/configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
 def resolve_config_names(argv: list[str]) -> list[str]:
-    """Let ``--config fast`` mean the shipped ``configs/fast.yaml``."""
+    """Let ``--config fast`` mean the shipped ``configs/fast.yaml``; a name that is neither is one line."""
     out = list(argv)
     for i, arg in enumerate(out):
         value, prefix = (out[i + 1], None) if arg == "--config" and i + 1 < len(out) else (None, None)
         if arg.startswith("--config="):
             value, prefix = arg.split("=", 1)[1], "--config="
-        if value and not Path(value).exists() and (CONFIG_DIR / f"{value}.yaml").is_file():
+        if value and not Path(value).exists() and not (CONFIG_DIR / f"{value}.yaml").is_file():
+            raise ConfigError(f"--config {value}: no such file, and not a shipped config (one of "
+                              f"{', '.join(shipped_configs())}); give one of those names or a YAML file's path")
+        if value and not Path(value).exists():
             shipped = str(CONFIG_DIR / f"{value}.yaml")
             if prefix:
                 out[i] = prefix + shipped

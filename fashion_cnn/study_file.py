@@ -162,7 +162,7 @@ def _base(base: Any, path: Path, bad) -> Path:
     candidates = [fit.CONFIG_DIR / f"{base}.yaml", path.parent / str(base), Path(str(base))]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise bad(f"base {base!r} is neither a shipped config (seed, fast, tiny, quick, strong, gpu) nor a config file")
+        raise bad(f"base {base!r} is neither a shipped config ({', '.join(fit.shipped_configs())}) nor a config file")
     return found.resolve()
 
 

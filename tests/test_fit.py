@@ -100,6 +100,7 @@ def test_command_line_overrides_reach_the_run(workdir):
         (["--config", "strong", "--model.net.init_args.dropout", "1.5"], '"dropout": Not of type ClosedUnitInterval'),
         (["--model.net.init_args.dropout", "1.5"], '"dropout": Not of type ClosedUnitInterval'),  # SeedCNN's
         (["--data.max_shift", "-1"], "data.max_shift"),
+        (["--config", "fsat"], "--config fsat: no such file, and not a shipped config (one of fast, gpu, quick, seed"),
         (["--model.final_shift", "1"], "model.final_shift=1 is for networks trained with random shifts"),
         (["--config", "strong", "--model.final_shift", "2"], "set model.final_shift to at most 1"),
     ],
