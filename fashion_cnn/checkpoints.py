@@ -90,6 +90,12 @@ def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoi
     return max(runs)[1]
 
 
+def newest(directory: Path, pattern: str) -> Path | None:
+    """The newest file in ``directory`` matching ``pattern``: a resumed run may have left an older best-*.ckpt beside
+    the current one (whose name, with a lower epoch, sorts first)."""
+    return max(directory.glob(pattern), key=lambda p: p.stat().st_mtime, default=None)
+
+
 def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Path:
     """``best``/``last`` of the newest run under ``logs_dir``, or the given path, checked to be an existing file.
 
@@ -99,10 +105,8 @@ def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> P
         checkpoints = newest_run(logs_dir) / "checkpoints"
         patterns = ("best*.ckpt", "last*.ckpt") if str(ckpt_path) == "best" else ("last*.ckpt",)
         for pattern in patterns:
-            # Newest first: a resumed run may have left an older best-*.ckpt beside the current one.
-            found = sorted(checkpoints.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-            if found:
-                return found[0]
+            if found := newest(checkpoints, pattern):
+                return found
         raise CheckpointError(f"no {' or '.join(patterns)} in {checkpoints}/; give --ckpt_path a .ckpt file from there")
     path = Path(ckpt_path).expanduser()
     if not path.exists():

@@ -28,7 +28,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from fashion_cnn import commands, fit, study_file
-from fashion_cnn.checkpoints import load, study_run_dir
+from fashion_cnn.checkpoints import load, newest, study_run_dir
 from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.module import TrainingDiverged
 
@@ -323,7 +323,7 @@ def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
     except ValueError:
         return f"{PROG}: no trial completed, so no winner"
     run_dir = study_run_dir(Path(best.user_attrs["run_dir"]), study_dir)
-    ckpt = next(iter(sorted((run_dir / "checkpoints").glob("best*.ckpt"))), None)
+    ckpt = newest(run_dir / "checkpoints", "best*.ckpt")
     if ckpt is None:
         return f"{PROG}: the best trial {best.number} left no best checkpoint"
     key = "winner_test_acc"

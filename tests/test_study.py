@@ -113,6 +113,15 @@ def test_a_search_selects_on_validation_and_measures_the_winner_once(tmp_path, c
     assert winner["repeat"]["seeds"] and "model.lr" in winner["overrides"]
     assert "data.val_size" not in winner["overrides"]  # trained as the base config trains
     assert study_file.load(study_dir / "winner_repeats.yaml").seeds == [0, 1, 2, 3, 4]
+    # an older best-*.ckpt beside the winner's (a resumed trial can leave one; its name sorts first): not the one tested
+    stored = optuna.load_study(study_name="search", storage=f"sqlite:///{study_dir / 'study.db'}")
+    tested = Path(stored.user_attrs["winner_test_acc"]["ckpt"])
+    stale = tested.with_name("best-epoch00-val_acc0.0000.ckpt")
+    shutil.copy(tested, stale)
+    os.utime(stale, (tested.stat().st_mtime - 60,) * 2)
+    stored.set_user_attr("winner_test_acc", {})  # measure again
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
+    assert Path(stored.user_attrs["winner_test_acc"]["ckpt"]) == tested
 
 
 def test_two_workers_share_one_study_each_trial_once(tmp_path):
