@@ -12,7 +12,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fashion_cnn.checkpoints import newest_run
+import yaml
+
+from fashion_cnn.checkpoints import net_name, newest_run
 from fashion_cnn.commands import CommandError, parser, run
 from fashion_cnn.figures import learning_curves_figure, save
 
@@ -50,6 +52,14 @@ def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[floa
     return epochs, [e.value for e in loss], [e.value for e in acc]
 
 
+def network(run_dir: Path) -> str:
+    """The run's network class, from its config.yaml (SeedCNN, the notebook's, when it has none)."""
+    config = run_dir / "config.yaml"
+    raw = yaml.safe_load(config.read_text()) if config.is_file() else None
+    net = ((raw or {}).get("model") or {}).get("net") if isinstance(raw, dict) else None
+    return net_name(net if isinstance(net, dict) else None).rsplit(".", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("report", "Draw a run's test loss/accuracy per epoch next to the notebook's logged numbers.")
     p.add_argument("--run", default=None, help="a run directory (default: the newest version_N in --logs_dir)")
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(range(len(acc)), key=acc.__getitem__)
         fig = learning_curves_figure(
             epochs, loss, acc, f"this run ({run_dir.name})", NOTEBOOK, NOTEBOOK_LABEL,
-            f"FashionMNIST seed CNN: test set after every epoch ({run_dir.name}, {len(epochs)} epochs)")
+            f"FashionMNIST {network(run_dir)}: test set after every epoch ({run_dir.name}, {len(epochs)} epochs)")
         curves = {"run": str(run_dir), "command": " ".join(["python -m fashion_cnn.report", *(argv or sys.argv[1:])]),
                   "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "epochs": epochs, "test_loss": loss, "test_acc": acc}

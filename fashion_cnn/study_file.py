@@ -2,7 +2,7 @@
 
 .. code-block:: yaml
 
-    base: fast                      # seed, fast, strong, or a fit config file (relative to this file)
+    base: fast                      # seed, fast, tiny, quick, strong, gpu, or a fit config file (relative to this file)
     overrides: {trainer.max_epochs: 6}
     repeat:
       seeds: [0, 1, 2, 3, 4]        # seed_everything and data.seed; the validation split (data.split_seed) stays

@@ -41,3 +41,10 @@ def test_a_directory_without_a_run_is_one_line(tmp_path, capsys):
     assert report.main(["--run", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no TensorBoard event files" in err and not (tmp_path / "x.png").exists()
+
+
+def test_the_title_names_the_runs_network(trained_run, mirror_run, tmp_path):
+    assert report.network(trained_run) == "SeedCNN" and report.network(mirror_run) == "StrongCNN"
+    bare = tmp_path / "version_0"
+    bare.mkdir()
+    assert report.network(bare) == "SeedCNN"  # no config.yaml: the notebook's network, fit's default
