@@ -163,10 +163,10 @@ def main() -> None:
                         help="instead: train until this test accuracy (e.g. 0.885) and report the time to it")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the record (default: benchmarks/results/bench.json, with --time-to "
-                             "bench_fast.json: each kind of run keeps its own file)")
+                             "bench_<config>.json: each kind of run keeps its own file)")
     parser.add_argument("--data_dir", default="data", help="as the DataModule's data_dir (default: data)")
     args = parser.parse_args()
-    default_json = "bench.json" if args.target is None else "bench_fast.json"
+    default_json = "bench.json" if args.target is None else f"bench_{Path(args.config).stem}.json"
     args.json = args.json or ROOT / "benchmarks" / "results" / default_json
     names, data_dir = args.variants.split(","), str(Path(args.data_dir).resolve())
     if unknown := set(names) - set(VARIANTS):

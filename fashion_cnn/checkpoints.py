@@ -117,6 +117,15 @@ def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> P
     return path
 
 
+def run_config(run_dir: Path) -> dict:
+    """A run's config.yaml as a mapping ({} when it has none); :class:`CheckpointError` when it is not a fit config."""
+    path = run_dir / "config.yaml"
+    raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
+        raise CheckpointError(f"{path}: not a fit config (a mapping with trainer, model and data)")
+    return raw
+
+
 def run_dir_of(ckpt: Path) -> Path:
     """The run directory (parent of ``checkpoints/``), or the checkpoint's own directory outside a run."""
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
@@ -197,9 +206,10 @@ def check_same_optimizer(checkpoint: dict, path: Path, bn_bias_lr_scale: float) 
                               f"config's {bn_bias_lr_scale:g} cannot continue; resume it with {_resume_with(path)}")
 
 
-# Options a resumed run may change: where the data is and how it is read or evaluated, and how the same network runs
-RESUMABLE_CHANGES = {"model.compile", "model.channels_last", "data.data_dir", "data.num_workers", "data.verify",
-                     "data.download", "data.eval_batch_size"}
+# Options a resumed run may change: where the data is and how it is read or evaluated, how the same network runs,
+# and the final test's views (after training)
+RESUMABLE_CHANGES = {"model.compile", "model.channels_last", "model.final_shift", "data.data_dir", "data.num_workers",
+                     "data.verify", "data.download", "data.eval_batch_size"}
 
 
 def check_same_recipe(checkpoint: dict, path: Path, model: dict, data: dict) -> None:
@@ -227,8 +237,7 @@ def check_same_length(path: Path, trainer: dict) -> None:
     and torch would fail with a traceback once past the old end. Checked before the run is touched; Lightning's own
     setup would already write into it (:meth:`~fashion_cnn.module.FashionClassifier.on_load_checkpoint` checks
     the steps themselves there, when there is no config.yaml to go by)."""
-    config = run_dir_of(path) / "config.yaml"
-    saved = (yaml.safe_load(config.read_text()) or {}).get("trainer") or {} if config.is_file() else {}
+    saved = run_config(run_dir_of(path)).get("trainer") or {}
     for key in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches"):
         if key in saved and saved[key] != trainer.get(key):
             raise CheckpointError(f"{path} was trained with a one-cycle schedule laid out over trainer.{key}="

@@ -46,7 +46,7 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with each option's default, unless its help already says it, or it has none to show."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

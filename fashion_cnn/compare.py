@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, commands, figures, nets
@@ -89,10 +88,7 @@ def callback_keys(callbacks: Any) -> dict[str, str]:
 
 
 def read_run(path: Path, complete: bool = True) -> Run:
-    config_file = path / "config.yaml"
-    raw = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
-    if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
-        raise commands.CommandError(f"{config_file}: not a fit config (a mapping with trainer, model and data)")
+    raw = checkpoints.run_config(path)
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
     config = with_defaults(flatten(raw)) | callback_keys(callbacks)
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -87,9 +88,8 @@ class FashionCLI(LightningCLI):
         logger = trainer.logger
         if _is_tensorboard(logger):
             check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
-        if self.config.ckpt_path:
-            self._resume_into_its_run()
-        elif _is_tensorboard(logger) and logger.init_args.version is not None:
+        in_its_run = bool(self.config.ckpt_path) and self._resume_into_its_run()
+        if _is_tensorboard(logger) and logger.init_args.version is not None and not in_its_run:
             check_new_version(Path(logger.init_args.save_dir) / logger.init_args.name, logger.init_args.version)
         if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
             log_root = Path(logger.init_args.save_dir) / logger.init_args.name
@@ -113,9 +113,9 @@ class FashionCLI(LightningCLI):
             if made is not None and made.is_dir() and not any(made.iterdir()):
                 made.rmdir()
 
-    def _resume_into_its_run(self) -> None:
+    def _resume_into_its_run(self) -> bool:
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
-        logging into its run's TensorBoard directory instead of starting an unrelated version."""
+        logging into its run's TensorBoard directory instead of starting an unrelated version (True: it does)."""
         logger = self.config.trainer.logger
         log_root = Path(logger.init_args.save_dir) / logger.init_args.name if _is_tensorboard(logger) else None
         path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs")
@@ -135,6 +135,8 @@ class FashionCLI(LightningCLI):
             # those first copies in TensorBoard, so every step and epoch appears once.
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
             self.save_config_callback = None  # keep the run's config.yaml: it reruns the experiment from scratch
+            return True
+        return False
 
     def instantiate_trainer(self, **kwargs):
         trainer = self.config_init.get("trainer", {})  # run=False: no subcommand level in the config
@@ -240,22 +242,32 @@ def shipped_configs() -> list[str]:
 
 
 def resolve_config_names(argv: list[str]) -> list[str]:
-    """Let ``--config fast`` mean the shipped ``configs/fast.yaml``; a name that is neither is one line."""
+    """Let ``--config fast`` (or ``-c fast``) mean the shipped ``configs/fast.yaml``; a name that is neither that nor
+    a file is one line. A config given inline (``--config '{model: {lr: 0.1}}'``) is left to LightningCLI."""
     out = list(argv)
     for i, arg in enumerate(out):
-        value, prefix = (out[i + 1], None) if arg == "--config" and i + 1 < len(out) else (None, None)
+        value, prefix = (out[i + 1], None) if arg in ("--config", "-c") and i + 1 < len(out) else (None, None)
         if arg.startswith("--config="):
             value, prefix = arg.split("=", 1)[1], "--config="
-        if value and not Path(value).exists() and not (CONFIG_DIR / f"{value}.yaml").is_file():
+        if not value or Path(value).exists() or not isinstance(_yaml_value(value), str):
+            continue
+        shipped = CONFIG_DIR / f"{value}.yaml"
+        if not shipped.is_file():
             raise ConfigError(f"--config {value}: no such file, and not a shipped config (one of "
                               f"{', '.join(shipped_configs())}); give one of those names or a YAML file's path")
-        if value and not Path(value).exists():
-            shipped = str(CONFIG_DIR / f"{value}.yaml")
-            if prefix:
-                out[i] = prefix + shipped
-            else:
-                out[i + 1] = shipped
+        if prefix:
+            out[i] = prefix + str(shipped)
+        else:
+            out[i + 1] = str(shipped)
     return out
+
+
+def _yaml_value(text: str) -> object:
+    """What YAML makes of ``text`` (a plain word stays a str; a mapping is an inline config); None if it cannot."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

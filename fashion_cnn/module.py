@@ -170,7 +170,9 @@ class FashionClassifier(L.LightningModule):
         self.log("final/test_acc", acc)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.losses_finite is not None and not bool(self.losses_finite):  # never save diverged weights
+        finite = self.losses_finite is None or bool(self.losses_finite)
+        # every rank saves (rank 0 writes): a NaN seen by one rank alone still stops all before the write
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):  # never save diverged weights
             raise TrainingDiverged(
                 f"training loss became NaN or infinite in epoch {self.current_epoch}, between the steps it is logged "
                 f"at: the learning rate is probably too high (model.lr={self.hparams.lr}); lower it and start again "
@@ -197,13 +199,15 @@ class FashionClassifier(L.LightningModule):
         check_same_length`), before anything is written; this covers the rest (no config.yaml, another dataset
         size or device count), once the data is set up and the steps are known."""
         schedulers = checkpoint.get("lr_schedulers") or []
-        if self.hparams.schedule != "onecycle" or not schedulers or self.trainer.state.fn != "fit":
+        if self._trainer is None or self.hparams.schedule != "onecycle" or not schedulers \
+                or self.trainer.state.fn != "fit":  # no Trainer: load_from_checkpoint
             return
         planned, now = schedulers[0].get("total_steps"), self.trainer.estimated_stepping_batches
         if planned is not None and planned != now:
             raise FashionCNNError(f"this run's one-cycle schedule was laid out over {planned} steps and this config "
-                                  f"trains {now}: resume it with the run's own trainer.max_epochs (to train longer, "
-                                  f"start a new run with the longer schedule)")
+                                  f"trains {now}: resume it with the run's own trainer.max_epochs (or max_steps), "
+                                  f"devices, data.batch_size and data.val_size (to train longer, start a new run "
+                                  f"with the longer schedule)")
 
     def configure_optimizers(self):
         hp = self.hparams

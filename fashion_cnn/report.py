@@ -12,9 +12,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
-from fashion_cnn.checkpoints import net_name, newest_run
+from fashion_cnn.checkpoints import net_name, newest_run, run_config
 from fashion_cnn.commands import CommandError, parser, run
 from fashion_cnn.figures import learning_curves_figure, save
 
@@ -54,9 +52,7 @@ def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[floa
 
 def network(run_dir: Path) -> str:
     """The run's network class, from its config.yaml (SeedCNN, the notebook's, when it has none)."""
-    config = run_dir / "config.yaml"
-    raw = yaml.safe_load(config.read_text()) if config.is_file() else None
-    net = ((raw or {}).get("model") or {}).get("net") if isinstance(raw, dict) else None
+    net = (run_config(run_dir).get("model") or {}).get("net")
     return net_name(net if isinstance(net, dict) else None).rsplit(".", 1)[-1]
 
 

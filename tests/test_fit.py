@@ -151,6 +151,15 @@ def test_help_and_print_config_as_a_user_runs_them(tmp_path):
     assert not (tmp_path / "lightning_logs").exists()
 
 
+def test_config_names_files_and_inline_configs():
+    shipped = str(fit.CONFIG_DIR / "fast.yaml")
+    assert fit.resolve_config_names(["-c", "fast"]) == ["-c", shipped]
+    assert fit.resolve_config_names(["--config=fast", "--config", shipped]) == [f"--config={shipped}", "--config",
+                                                                                shipped]
+    inline = ["--config", "{model: {lr: 0.05}}", "--config", "trainer:\n  max_epochs: 2"]  # LightningCLI reads these
+    assert fit.resolve_config_names(inline) == inline
+
+
 def test_a_runs_config_yaml_runs_it_again_in_a_new_directory(workdir, capsys):
     assert run_fit("--trainer.max_epochs", "1") == 0
     first = workdir / "lightning_logs" / "version_0"
