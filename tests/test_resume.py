@@ -167,3 +167,18 @@ def test_resuming_a_one_cycle_run_for_longer_is_one_line_and_keeps_the_run(tmp_p
     assert proc.returncode == 1 and "Traceback" not in out, out
     assert "one-cycle schedule was laid out over 4 steps and this config trains 6" in out
     assert all(p.read_bytes() == content for p, content in kept.items() if p.name != "config.yaml")
+
+
+def test_resuming_a_copied_run_never_logs_into_another_run(trained_run, tmp_path, monkeypatch, capsys):
+    elsewhere = tmp_path / "elsewhere" / "version_0"
+    shutil.copytree(trained_run, elsewhere)
+    config = elsewhere / "config.yaml"  # as configs were saved before they recorded version null
+    config.write_text(config.read_text().replace("version: null", "version: 0"))
+    local = tmp_path / "lightning_logs" / "version_0"  # another run, where that version number points here
+    shutil.copytree(trained_run, local)
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert fit_command.main(["--config", str(config), "--ckpt_path", str(elsewhere / "checkpoints" / "last.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lightning_logs/version_0 already holds a run" in err
+    assert tree_digest(tmp_path) == before
