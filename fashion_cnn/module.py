@@ -91,6 +91,7 @@ class FashionClassifier(L.LightningModule):
         if compile:
             self.net.compile()
         self.losses_finite: torch.Tensor | None = None  # off the CPU: whether every unchecked step's loss was finite
+        self.planned_steps: int | None = None  # a resumed one-cycle schedule's length, from its checkpoint
         for split in METRIC_SPLITS:  # one metric object per split: self.train_acc, self.val_loss, ...
             # validate_args=False: the checks cost a host sync per batch, and labels were validated on load
             setattr(self, f"{split}_acc", MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False))
@@ -187,27 +188,13 @@ class FashionClassifier(L.LightningModule):
             checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._check_same_length(checkpoint)
+        # A one-cycle schedule is laid out over its run's steps; configure_optimizers compares (see there)
+        schedulers = checkpoint.get("lr_schedulers") or []
+        self.planned_steps = schedulers[0].get("total_steps") if schedulers else None
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
-
-    def _check_same_length(self, checkpoint: dict) -> None:
-        """A one-cycle schedule is laid out over its run's steps: resumed with another length torch would fail with a
-        traceback once past the old end. fit compares the run's config.yaml first (:func:`~fashion_cnn.checkpoints.
-        check_same_length`), before anything is written; this covers the rest (no config.yaml, another dataset
-        size or device count), once the data is set up and the steps are known."""
-        schedulers = checkpoint.get("lr_schedulers") or []
-        if self._trainer is None or self.hparams.schedule != "onecycle" or not schedulers \
-                or self.trainer.state.fn != "fit":  # no Trainer: load_from_checkpoint
-            return
-        planned, now = schedulers[0].get("total_steps"), self.trainer.estimated_stepping_batches
-        if planned is not None and planned != now:
-            raise FashionCNNError(f"this run's one-cycle schedule was laid out over {planned} steps and this config "
-                                  f"trains {now}: resume it with the run's own trainer.max_epochs (or max_steps), "
-                                  f"devices, data.batch_size and data.val_size (to train longer, start a new run "
-                                  f"with the longer schedule)")
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -218,9 +205,18 @@ class FashionClassifier(L.LightningModule):
         # OneCycleLR cycles momentum between its own defaults (0.85, 0.95), whatever the optimizer's is, unless told;
         # rounded so that 0.9 gives exactly those defaults, with which the shipped recipes' figures were measured
         spread = min(hp.momentum, 1 - hp.momentum) / 2
+        total = self.trainer.estimated_stepping_batches
+        # Resumed with another length, torch would fail with a traceback once past the old end. fit compares the run's
+        # config.yaml before anything is written (checkpoints.check_same_length); this covers the rest (no
+        # config.yaml, another dataset size or device count). Not in on_load_checkpoint: counting the steps there
+        # sets up the training data before the loop's state is restored, and the resumed run is no longer exact.
+        if self.planned_steps is not None and self.planned_steps != total:
+            raise FashionCNNError(f"this run's one-cycle schedule was laid out over {self.planned_steps} steps and "
+                                  f"this config trains {total}: resume it with the run's own trainer.max_epochs (or "
+                                  f"max_steps), devices, data.batch_size and data.val_size (to train longer, start "
+                                  f"a new run with the longer schedule)")
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=self.trainer.estimated_stepping_batches,
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total,
             base_momentum=round(hp.momentum - spread, 12), max_momentum=round(hp.momentum + spread, 12))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
