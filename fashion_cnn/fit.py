@@ -85,14 +85,13 @@ class FashionCLI(LightningCLI):
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
         check_final_shift(self.config.model.final_shift, self.config.data.augment, self.config.data.max_shift)
         warn_if_slow_bfloat16(str(trainer.precision), str(trainer.accelerator))
-        logger = trainer.logger
-        if _is_tensorboard(logger):
-            check_writable(Path(logger.init_args.save_dir) / logger.init_args.name)
+        logger, log_root = trainer.logger, _log_root(trainer.logger)
+        if log_root is not None:
+            check_writable(log_root)
         in_its_run = bool(self.config.ckpt_path) and self._resume_into_its_run()
-        if _is_tensorboard(logger) and logger.init_args.version is not None and not in_its_run:
-            check_new_version(Path(logger.init_args.save_dir) / logger.init_args.name, logger.init_args.version)
-        if _is_tensorboard(logger) and logger.init_args.version is None and _is_launching_process():
-            log_root = Path(logger.init_args.save_dir) / logger.init_args.name
+        if log_root is not None and logger.init_args.version is not None and not in_its_run:
+            check_new_version(log_root, logger.init_args.version)
+        if log_root is not None and logger.init_args.version is None and _is_launching_process():
             self.new_dirs = tuple(d for d in (log_root, *log_root.parents) if not d.exists())
             self.new_run = reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
@@ -117,7 +116,7 @@ class FashionCLI(LightningCLI):
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
         logging into its run's TensorBoard directory instead of starting an unrelated version (True: it does)."""
         logger = self.config.trainer.logger
-        log_root = Path(logger.init_args.save_dir) / logger.init_args.name if _is_tensorboard(logger) else None
+        log_root = _log_root(logger)
         path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs")
         checkpoint = checkpoints.read(path)
         net = self.config.model.net
@@ -234,6 +233,11 @@ def check_writable(log_root: Path) -> None:
 
 def _is_tensorboard(logger) -> bool:
     return bool(logger) and getattr(logger, "class_path", "").endswith("TensorBoardLogger")
+
+
+def _log_root(logger) -> Path | None:
+    """Where a TensorBoard logger's runs go (``save_dir/name``); None for another logger, or none."""
+    return Path(logger.init_args.save_dir) / logger.init_args.name if _is_tensorboard(logger) else None
 
 
 def shipped_configs() -> list[str]:
