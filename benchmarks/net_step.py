@@ -1,12 +1,15 @@
 """Milliseconds per training step of a config's network against the same network with other options, side by side.
 
     python -m benchmarks.net_step --config strong --option whiten=true [--option identity_init=true ...]
+    python -m benchmarks.net_step --config strong --precision 32-true --precision bf16-mixed
 
-Each ``--option`` is one variant: the config's ``model.net`` with that init argument changed. The steps are the
-config's (batch size, precision, memory format; SGD with Nesterov momentum) on random inputs, since a step's cost
-does not depend on the pixels, without Lightning, data loading or evaluation: what the network itself costs. The
-variants take turns, ``--steps`` steps each per round; the figure is the median over ``--rounds`` rounds after a
-warm-up, and a ratio is the median of the per-round ratios, so a slow spell on a shared machine scales both sides.
+Each ``--option`` is one variant: the config's ``model.net`` with that init argument changed; each ``--precision``
+one more: the config's network in that precision (bf16-mixed runs emulated on a CPU without native bfloat16). The
+config's (batch size, precision as fit would train in it on this CPU, memory format; SGD with Nesterov momentum) on
+random inputs, since a step's cost does not depend on the pixels, without Lightning, data loading or evaluation: what
+the network itself costs. The variants take turns, ``--steps`` steps each per round; the figure is the median over
+``--rounds`` rounds after a warm-up, and a ratio is the median of the per-round ratios, so a slow spell on a shared
+machine scales both sides.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from fashion_cnn.checkpoints import build_net
+from fashion_cnn.fit import precision_for_this_cpu
 from fashion_cnn.study_file import with_overrides
 
 CONFIGS = Path(__file__).resolve().parent.parent / "fashion_cnn" / "configs"
@@ -64,19 +68,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="strong", help="a shipped config with a model.net (default: strong)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a variant: the network with this init argument (repeatable)")
+    parser.add_argument("--precision", action="append", default=[], choices=["32-true", "bf16-mixed"],
+                        help="a variant: the config's network in this precision (repeatable)")
     parser.add_argument("--steps", type=positive, default=30, help="steps per variant per round")
     parser.add_argument("--rounds", type=positive, default=6, help="rounds after the warm-up round")
     args = parser.parse_args(argv)
     values = config_values(args.config)
     net, trainer = values["model"]["net"], values.get("trainer", {})
-    variants = {"config": net}
+    # what fit would train in here: bfloat16 only where this CPU has it (fit.precision_for_this_cpu)
+    precision = precision_for_this_cpu(trainer.get("precision", "32-true"), "cpu")
+    bf16 = precision == "bf16-mixed"
+    variants = {"config": (net, bf16)}
     for option in args.option:
         name, _, value = option.partition("=")
         if not name or not value:
             parser.error(f"--option {option}: give NAME=VALUE, e.g. whiten=true")
-        variants[option] = with_overrides(net, {f"init_args.{name}": yaml.safe_load(value)})
-    steps = {name: stepper(net_config, values["data"]["batch_size"], trainer.get("precision") == "bf16-mixed",
-                           values["model"].get("channels_last", False)) for name, net_config in variants.items()}
+        variants[option] = (with_overrides(net, {f"init_args.{name}": yaml.safe_load(value)}), bf16)
+    for other in args.precision:
+        variants[f"precision={other}"] = (net, other == "bf16-mixed")
+    batch, channels_last = values["data"]["batch_size"], values["model"].get("channels_last", False)
+    steps = {name: stepper(config, batch, autocast, channels_last) for name, (config, autocast) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(args.rounds + 1):
         for name, step in steps.items():
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 step()
             if round_:  # the first round warms up
                 times[name].append(1000 * (time.perf_counter() - start) / args.steps)
-    print(f"{args.config}: batch {values['data']['batch_size']}, precision {trainer.get('precision', '32-true')}, "
+    print(f"{args.config}: batch {values['data']['batch_size']}, precision {precision}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps")
     for name, ms in times.items():
         ratio = statistics.median(a / b for a, b in zip(ms, times["config"], strict=True))

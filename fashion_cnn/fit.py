@@ -84,7 +84,6 @@ class FashionCLI(LightningCLI):
         if trainer.max_epochs is not None and trainer.max_epochs <= 0:
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
         check_final_shift(self.config.model.final_shift, self.config.data.augment, self.config.data.max_shift)
-        warn_if_slow_bfloat16(str(trainer.precision), str(trainer.accelerator))
         logger, log_root = trainer.logger, _log_root(trainer.logger)
         if log_root is not None:
             check_writable(log_root)
@@ -95,6 +94,12 @@ class FashionCLI(LightningCLI):
             self.new_dirs = tuple(d for d in (log_root, *log_root.parents) if not d.exists())
             self.new_run = reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
+        precision = precision_for_this_cpu(trainer.precision, str(trainer.accelerator))
+        if precision != trainer.precision and _is_launching_process():  # last: a command refused above says only why
+            print(f"{PROG}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where {trainer.precision} is "
+                  f"emulated and several times slower: training in {precision} instead (config.yaml records it)",
+                  file=sys.stderr)
+        trainer.precision = precision
 
     def instantiate_classes(self) -> None:
         try:
@@ -209,13 +214,12 @@ def cpu_has_bfloat16() -> bool:
         return False
 
 
-def warn_if_slow_bfloat16(precision: str, accelerator: str) -> None:
-    """One line on stderr when bfloat16 would run on a CPU without native support for it (no AVX512-BF16 or AMX):
-    there oneDNN emulates it, and the presets that use it for speed (fast, strong) are slower than in float32."""
+def precision_for_this_cpu(precision: str | int | None, accelerator: str) -> str | int | None:
+    """``precision``, or ``32-true`` where it is bfloat16 on a CPU without native bfloat16 (no AVX512-BF16 or AMX):
+    there oneDNN emulates it, several times slower than float32 (``python -m benchmarks.net_step --precision
+    bf16-mixed``), so the presets that ask for bfloat16 to be fast (fast, strong) would be the slowest."""
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if precision.startswith("bf16") and on_cpu and not cpu_has_bfloat16():
-        print(f"{PROG}: warning: this CPU has no native bfloat16, so precision {precision} is probably slower here "
-              f"than float32; add --trainer.precision 32-true", file=sys.stderr)
+    return "32-true" if str(precision).startswith("bf16") and on_cpu and not cpu_has_bfloat16() else precision
 
 
 def _is_launching_process() -> bool:

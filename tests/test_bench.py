@@ -174,10 +174,12 @@ def test_net_step_times_the_configs_network_and_each_variant(capsys):
 
     strong = net_step.config_values("strong")  # read on top of seed.yaml, as fit reads it
     assert strong["model"]["net"]["init_args"]["widths"] == [16, 64, 128] and strong["model"]["channels_last"]
-    net_step.main(["--config", "tiny", "--option", "whiten=true", "--steps", "1", "--rounds", "2"])
+    net_step.main(["--config", "tiny", "--option", "whiten=true", "--precision", "bf16-mixed", "--steps", "1",
+                   "--rounds", "2"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("tiny: batch") and "2 rounds of 1 steps" in lines[0]
+    assert lines[0].startswith("tiny: batch") and "precision 32-true" in lines[0] and "2 rounds of 1 steps" in lines[0]
     assert lines[1].split()[0] == "config" and lines[1].endswith("1.000x the config's network")
     assert lines[2].split()[0] == "whiten=true" and "ms/step" in lines[2]
+    assert lines[3].split()[0] == "precision=bf16-mixed" and "ms/step" in lines[3]
     with pytest.raises(SystemExit):
         net_step.main(["--option", "whiten"])

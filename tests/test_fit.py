@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_cnn import fit
+from fashion_cnn import checkpoints, fit
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
 from tests.helpers import SMALL, scalars, tree_digest
@@ -235,11 +235,16 @@ def test_every_shipped_config_trains_and_tests(config, workdir):
     assert (result.run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.parametrize(("precision", "native", "warned"), [("bf16-mixed", False, True), ("bf16-mixed", True, False),
-                                                             ("32-true", False, False)])
-def test_bfloat16_on_a_cpu_without_it_is_one_warning_line(workdir, capsys, monkeypatch, precision, native, warned):
+@pytest.mark.parametrize(("precision", "native", "used"), [
+    ("bf16-mixed", False, "32-true"), ("bf16-mixed", True, "bf16-mixed"), ("32-true", False, "32-true")])
+def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, capsys, monkeypatch, precision, native,
+                                                                   used):
     monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: native)
-    assert run_fit("--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.precision", precision) == 0
+    result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+                        "--trainer.precision", precision])
+    assert result.status == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "bfloat16" in line]
-    assert lines == (["python -m fashion_cnn.fit: warning: this CPU has no native bfloat16, so precision bf16-mixed "
-                      "is probably slower here than float32; add --trainer.precision 32-true"] if warned else [])
+    assert lines == (["python -m fashion_cnn.fit: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where "
+                      "bf16-mixed is emulated and several times slower: training in 32-true instead (config.yaml "
+                      "records it)"] if used != precision else [])
+    assert checkpoints.run_config(result.run_dir)["trainer"]["precision"] == used
