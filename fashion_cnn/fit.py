@@ -70,6 +70,7 @@ class FashionCLI(LightningCLI):
 
     new_run: Path | None = None  # the version_N directory this process reserved for a new run
     new_dirs: tuple[Path, ...] = ()  # the directories above it that this process created too, deepest first
+    resumed: tuple[Path, int, dict[str, bytes | None]] | None = None  # the run resumed into: its dir, step, files
 
     def __init__(self, *args, extra_callbacks: Sequence[L.Callback] = (), **kwargs) -> None:
         self.extra_callbacks = tuple(extra_callbacks)  # added by train(callbacks=...), e.g. a study's pruning callback
@@ -117,6 +118,22 @@ class FashionCLI(LightningCLI):
             if made is not None and made.is_dir() and not any(made.iterdir()):
                 made.rmdir()
 
+    def restore_resumed_run(self, step: int) -> None:
+        """After a resume into its run that stopped at ``step`` (the trainer's global step) before training one
+        (refused in Lightning's setup, as by the one-cycle length check in ``configure_optimizers``), remove what the
+        setup wrote there: a new events file, a rewritten hparams.yaml. A refused resume leaves the run as it was;
+        one that trained keeps its logs."""
+        # step is 0 until Lightning restores the loop, after setup; DDP's other processes leave the files to rank 0
+        if self.resumed is None or step > self.resumed[1] or not _is_launching_process():
+            return
+        run, _, files = self.resumed
+        for path in run.iterdir():
+            if path.is_file() and path.name not in files:
+                path.unlink()
+        for name, content in files.items():
+            if content is not None and (run / name).read_bytes() != content:
+                (run / name).write_bytes(content)
+
     def _resume_into_its_run(self) -> bool:
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
         logging into its run's TensorBoard directory instead of starting an unrelated version (True: it does)."""
@@ -139,6 +156,9 @@ class FashionCLI(LightningCLI):
             # those first copies in TensorBoard, so every step and epoch appears once.
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
             self.save_config_callback = None  # keep the run's config.yaml: it reruns the experiment from scratch
+            # top-level file names, and the content of the small ones Lightning rewrites (events files only grow)
+            self.resumed = (run, step, {p.name: p.read_bytes() if p.suffix == ".yaml" else None
+                                        for p in run.iterdir() if p.is_file()})
             return True
         return False
 
@@ -337,6 +357,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
                        f"then {_where_to_resume(trainer)}") from None
     except BaseException:
         cli.release_new_run()
+        cli.restore_resumed_run(trainer.global_step)
         raise
     return _result(0, trainer, start)
 
