@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,18 @@ def git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def cpu() -> dict:
+    """The CPU's model and whether it has native bfloat16 (which decides fit's precision for fast and strong), from
+    /proc/cpuinfo without importing torch; None where there is none (not Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor() or None, "cpu_bfloat16": None}
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in info.splitlines())}
+    flags = set(fields.get("flags", "").split())  # the last processor's, as its model name
+    return {"cpu": fields.get("model name") or None, "cpu_bfloat16": bool({"avx512_bf16", "amx_tile"} & flags)}
+
+
 def circumstances() -> dict:
     """What a citation of this run needs besides its figures (the load average is the whole machine's)."""
     # Versions come from the packages' metadata, not from importing them: the peak RSS wait4 reports for a worker
@@ -121,7 +134,7 @@ def circumstances() -> dict:
     return {"started": datetime.now().astimezone().isoformat(timespec="seconds"), "argv": sys.orig_argv,
             "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
             "python": sys.version.split()[0], "torch": version("torch"), "lightning": version("lightning"),
-            "cpu_count": os.cpu_count(), "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+            **cpu(), "cpu_count": os.cpu_count(), "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def print_ratios(results: dict[str, dict]) -> dict[str, dict]:
