@@ -26,6 +26,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -98,8 +99,7 @@ class FashionCLI(LightningCLI):
         precision = precision_for_this_cpu(trainer.precision, str(trainer.accelerator))
         if precision != trainer.precision and _is_launching_process():  # last: a command refused above says only why
             print(f"{PROG}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where {trainer.precision} is "
-                  f"emulated and several times slower: training in {precision} instead (config.yaml records it)",
-                  file=sys.stderr)
+                  f"emulated and several times slower: training in {precision} instead", file=sys.stderr)
         trainer.precision = precision
 
     def instantiate_classes(self) -> None:
@@ -127,12 +127,15 @@ class FashionCLI(LightningCLI):
         if self.resumed is None or step > self.resumed[1] or not _is_launching_process():
             return
         run, _, files = self.resumed
-        for path in run.iterdir():
-            if path.is_file() and path.name not in files:
-                path.unlink()
-        for name, content in files.items():
-            if content is not None and (run / name).read_bytes() != content:
-                (run / name).write_bytes(content)
+        try:  # called while another error propagates: that one is the one to report
+            for path in run.iterdir():
+                if path.is_file() and path.name not in files:
+                    path.unlink()
+            for name, content in files.items():
+                if content is not None and (run / name).is_file() and (run / name).read_bytes() != content:
+                    (run / name).write_bytes(content)
+        except OSError:
+            pass
 
     def _resume_into_its_run(self) -> bool:
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
@@ -238,7 +241,8 @@ def precision_for_this_cpu(precision: str | int | None, accelerator: str) -> str
     """``precision``, or ``32-true`` where it is bfloat16 on a CPU without native bfloat16 (no AVX512-BF16 or AMX):
     there oneDNN emulates it, several times slower than float32 (``python -m benchmarks.net_step --precision
     bf16-mixed``), so the presets that ask for bfloat16 to be fast (fast, strong) would be the slowest."""
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()  # what accelerator "auto" picks first
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not gpu)
     return "32-true" if str(precision).startswith("bf16") and on_cpu and not cpu_has_bfloat16() else precision
 
 
@@ -357,7 +361,9 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
                        f"then {_where_to_resume(trainer)}") from None
     except BaseException:
         cli.release_new_run()
-        cli.restore_resumed_run(trainer.global_step)
+        # under ddp_spawn/ddp_fork the workers train: this process's global step stays 0 whatever they did
+        if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            cli.restore_resumed_run(trainer.global_step)
         raise
     return _result(0, trainer, start)
 

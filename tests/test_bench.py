@@ -166,7 +166,7 @@ def test_a_result_records_what_a_citation_needs():
     assert re.fullmatch(r"[0-9a-f]{40}", run["git_commit"]) and isinstance(run["git_dirty"], bool)
     assert run["argv"] == sys.orig_argv and torch.__version__.startswith(run["torch"])
     assert run["cpu_count"] >= 1 and len(run["load_average_start"]) == 3
-    assert run["cpu_bfloat16"] == fit.cpu_has_bfloat16() and "cpu" in run  # what decides fast's precision
+    assert run["cpu_bfloat16"] in (fit.cpu_has_bfloat16(), None) and "cpu" in run  # None: no /proc/cpuinfo
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", run["started"])
 
 

@@ -245,6 +245,17 @@ def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, cap
     assert result.status == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "bfloat16" in line]
     assert lines == (["python -m fashion_cnn.fit: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where "
-                      "bf16-mixed is emulated and several times slower: training in 32-true instead (config.yaml "
-                      "records it)"] if used != precision else [])
+                      "bf16-mixed is emulated and several times slower: training in 32-true instead"]
+                     if used != precision else [])
     assert checkpoints.run_config(result.run_dir)["trainer"]["precision"] == used
+
+
+@pytest.mark.parametrize(("precision", "accelerator", "gpu", "native", "used"), [
+    ("bf16-mixed", "cpu", True, False, "32-true"), ("bf16-true", "cpu", False, False, "32-true"),
+    ("bf16", "auto", False, False, "32-true"), ("bf16-mixed", "auto", True, False, "bf16-mixed"),
+    ("bf16-mixed", "gpu", False, False, "bf16-mixed"), ("bf16-mixed", "cpu", False, True, "bf16-mixed"),
+    (None, "cpu", False, False, None), (16, "cpu", False, False, 16), ("16-mixed", "cpu", False, False, "16-mixed")])
+def test_only_bfloat16_on_a_cpu_without_it_falls_back(monkeypatch, precision, accelerator, gpu, native, used):
+    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert fit.precision_for_this_cpu(precision, accelerator) == used

@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from fashion_cnn import fit as fit_command
-from tests.helpers import FIXTURE, SMALL, scalars, tree_digest
+from tests.helpers import FIXTURE, SMALL, TRAINED_EPOCHS, scalars, tree_digest
 
 EPOCHS = 5
 ARGS = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
@@ -183,3 +184,33 @@ def test_resuming_a_copied_run_never_logs_into_another_run(trained_run, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lightning_logs/version_0 already holds a run" in err
     assert tree_digest(tmp_path) == before
+
+
+class _Fails(L.Callback):
+    """Raises as training starts (before the first step), or after the first step."""
+
+    def __init__(self, after_a_step: bool) -> None:
+        self.after_a_step = after_a_step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self.after_a_step:
+            raise RuntimeError("stopped before a step")
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        raise RuntimeError("stopped after a step")
+
+
+@pytest.mark.parametrize("after_a_step", [False, True])
+def test_a_resume_that_fails_before_a_step_leaves_its_run_as_it_was(trained_run, tmp_path, monkeypatch, after_a_step):
+    run = tmp_path / "lightning_logs" / "version_0"
+    shutil.copytree(trained_run, run)
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="stopped"):
+        fit_command.train(["--config", str(run / "config.yaml"), "--ckpt_path", "last",
+                           "--trainer.max_epochs", str(TRAINED_EPOCHS + 1)], callbacks=[_Fails(after_a_step)])
+    added = sorted(set(tree_digest(tmp_path)) - set(before))
+    if after_a_step:  # what it trained is logged: its events file stays
+        assert len(added) == 1 and added[0].startswith("lightning_logs/version_0/events.out.tfevents")
+    else:
+        assert tree_digest(tmp_path) == before
