@@ -35,6 +35,7 @@ from fashion_cnn.module import TrainingDiverged
 PROG = "python -m fashion_cnn.study"
 SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
 DEFINITION = "definition"  # the study's user attribute that says what it is (study_file.Study.definition)
+PRECISION = "precision"  # the precision its trials train in on the machine that created it (Study.precision_here)
 
 
 class StudyError(FashionCNNError):
@@ -96,6 +97,7 @@ def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> 
     if created:
         for seed in spec.seeds:  # a repeat: one waiting trial per seed, each run exactly once
             study.enqueue_trial({"seed": seed})
+        study.set_user_attr(PRECISION, spec.precision_here())
         study.set_user_attr(DEFINITION, spec.definition())  # last: joining processes wait for it
     for _ in range(60):
         known = study.user_attrs.get(DEFINITION)
@@ -109,6 +111,14 @@ def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> 
         raise StudyError(f"the study name {spec.name} is already used by a study with another config, space or seeds "
                          f"(its runs' config: the base config's values with the overrides put in); give this one "
                          f"another name (name: in {spec.path}) or another --dir/--storage")
+    theirs, here = study.user_attrs.get(PRECISION), spec.precision_here()
+    if theirs is None:  # a study from before this was recorded
+        study.set_user_attr(PRECISION, here)
+    elif theirs != here:  # one study's trials must be alike: a machine whose CPU differs would train them otherwise
+        raise StudyError(f"the study {spec.name} trains its trials in {theirs}, and this machine would train them in "
+                         f"{here} (fit trains bfloat16 only on a GPU or a CPU with AVX512-BF16 or AMX): continue it on "
+                         f"a machine like the one it started on, or give this one another name (name: in {spec.path})"
+                         f" or another --dir/--storage")
     return study
 
 

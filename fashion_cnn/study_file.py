@@ -84,6 +84,17 @@ class Study:
         # make another study.
         return self._describe({"config": with_overrides(yaml.safe_load(self.base.read_text()), self.overrides)})
 
+    def precision_here(self) -> str | None:
+        """The precision this machine's fit gives the trials (fit trains bfloat16 only where the CPU has it:
+        :func:`fashion_cnn.fit.precision_for_this_cpu`), or None when the search chooses it."""
+        if "trainer.precision" in self.space:
+            return None
+        seed = yaml.safe_load((fit.CONFIG_DIR / "seed.yaml").read_text())  # read beneath every config, as fit does
+        values = with_overrides(with_overrides(seed, yaml.safe_load(self.base.read_text()) or {}), self.overrides)
+        trainer = values.get("trainer") or {}
+        precision = trainer.get("precision") or "32-true"  # Lightning's default
+        return str(fit.precision_for_this_cpu(precision, str(trainer.get("accelerator", "auto"))))
+
     def legacy_definition(self) -> str:
         """The definition of studies created before it held the config with the overrides put in: such a study is
         still this one if its base config is unchanged (study.open_study then stores the new definition)."""

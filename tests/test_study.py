@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from fashion_cnn import commands, study, study_file
+from fashion_cnn import commands, fit, study, study_file
 from tests.helpers import FIXTURE, scalars, tree_digest
 
 ON_FIXTURE = {"data.data_dir": str(FIXTURE), "data.verify": False, "data.download": False,
@@ -400,6 +400,27 @@ def test_a_base_value_the_overrides_replace_does_not_make_another_study(tmp_path
     base.write_text("model:\n  lr: 0.2\ndata:\n  erase: 0.25\n")  # not pinned: other runs
     with pytest.raises(study.StudyError, match="already used by a study with another config"):
         study.open_study(study_file.load(path), storage)
+
+
+def test_a_bfloat16_study_is_continued_only_where_its_trials_would_train_alike(tmp_path, monkeypatch):
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer:\n  precision: bf16-mixed\n  accelerator: cpu\n")
+    path = write_study(tmp_path / "s.yaml", base="base.yaml", repeat={"seeds": [0]})
+    storage = study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
+    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: True)
+    assert study.open_study(study_file.load(path), storage).user_attrs[study.PRECISION] == "bf16-mixed"
+    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: False)  # another machine, where fit falls back to float32
+    with pytest.raises(study.StudyError, match="trains its trials in bf16-mixed, and this machine would train them "
+                                               "in 32-true"):
+        study.open_study(study_file.load(path), storage)
+    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: True)
+    assert study.open_study(study_file.load(path), storage).user_attrs[study.PRECISION] == "bf16-mixed"
+    # a float32 study is the same study on either machine
+    plain = write_study(tmp_path / "p.yaml", base="fast", overrides={"trainer.precision": "32-true"},
+                        repeat={"seeds": [0]})
+    study.open_study(study_file.load(plain), storage)
+    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: False)
+    assert study.open_study(study_file.load(plain), storage).user_attrs[study.PRECISION] == "32-true"
 
 
 def test_overrides_go_into_the_base_values_key_by_key():
