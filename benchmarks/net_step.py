@@ -5,11 +5,11 @@
 
 Each ``--option`` is one variant: the config's ``model.net`` with that init argument changed; each ``--precision``
 one more: the config's network in that precision (bf16-mixed runs emulated on a CPU without native bfloat16). The
-config's (batch size, precision as fit would train in it on this CPU, memory format; SGD with Nesterov momentum) on
-random inputs, since a step's cost does not depend on the pixels, without Lightning, data loading or evaluation: what
-the network itself costs. The variants take turns, ``--steps`` steps each per round; the figure is the median over
-``--rounds`` rounds after a warm-up, and a ratio is the median of the per-round ratios, so a slow spell on a shared
-machine scales both sides.
+steps are the config's (batch size, precision as fit would train in it on this CPU, memory format; SGD with Nesterov
+momentum) on random inputs, since a step's cost does not depend on the pixels, without Lightning, data loading or
+evaluation: what the network itself costs. The variants take turns, ``--steps`` steps each per round; the figure is
+the median over ``--rounds`` rounds after a warm-up, and a ratio is the median of the per-round ratios, so a slow
+spell on a shared machine scales both sides.
 """
 
 from __future__ import annotations
@@ -17,23 +17,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
 
 from fashion_cnn.checkpoints import build_net
-from fashion_cnn.fit import precision_for_this_cpu
-from fashion_cnn.study_file import with_overrides
-
-CONFIGS = Path(__file__).resolve().parent.parent / "fashion_cnn" / "configs"
+from fashion_cnn.fit import CONFIG_DIR, precision_for_this_cpu
+from fashion_cnn.study_file import fit_values, with_overrides
 
 
 def config_values(name: str) -> dict:
     """A shipped config's values, read on top of seed.yaml as fit reads them."""
-    seed = yaml.safe_load((CONFIGS / "seed.yaml").read_text())
-    return with_overrides(seed, yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+    return fit_values(CONFIG_DIR / f"{name}.yaml")
 
 
 def stepper(net_config: dict, batch: int, bf16: bool, channels_last: bool):

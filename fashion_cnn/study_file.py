@@ -89,9 +89,7 @@ class Study:
         :func:`fashion_cnn.fit.precision_for_this_cpu`), or None when the search chooses it."""
         if "trainer.precision" in self.space:
             return None
-        seed = yaml.safe_load((fit.CONFIG_DIR / "seed.yaml").read_text())  # read beneath every config, as fit does
-        values = with_overrides(with_overrides(seed, yaml.safe_load(self.base.read_text()) or {}), self.overrides)
-        trainer = values.get("trainer") or {}
+        trainer = fit_values(self.base, self.overrides).get("trainer") or {}
         precision = trainer.get("precision") or "32-true"  # Lightning's default
         return str(fit.precision_for_this_cpu(precision, str(trainer.get("accelerator", "auto"))))
 
@@ -108,6 +106,13 @@ class Study:
     def make_pruner(self) -> optuna.pruners.BasePruner:
         kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
         return PRUNERS[self.pruner["type"]](**kwargs)
+
+
+def fit_values(config: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fit config file's values as fit reads them: on top of seed.yaml (read beneath every config), with the
+    overrides put in."""
+    seed = yaml.safe_load((fit.CONFIG_DIR / "seed.yaml").read_text())
+    return with_overrides(with_overrides(seed, yaml.safe_load(config.read_text()) or {}), overrides or {})
 
 
 def with_overrides(config: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str, Any]:
