@@ -159,7 +159,7 @@ class FashionCLI(LightningCLI):
             # those first copies in TensorBoard, so every step and epoch appears once.
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
             self.save_config_callback = None  # keep the run's config.yaml: it reruns the experiment from scratch
-            # top-level file names, and the content of the small ones Lightning rewrites (events files only grow)
+            # top-level file names, and the content of the small ones Lightning rewrites (it opens new events files)
             self.resumed = (run, step, {p.name: p.read_bytes() if p.suffix == ".yaml" else None
                                         for p in run.iterdir() if p.is_file()})
             return True
