@@ -12,6 +12,7 @@ import contextvars
 import errno
 import gc
 import os
+import signal
 import sys
 import time
 import warnings
@@ -344,8 +345,8 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
     trainer = cli.trainer
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            return _result(INTERRUPTED, trainer, start)
+        if trainer.interrupted:  # Ctrl-C, where Lightning returns after its graceful shutdown
+            return _interrupted(trainer, start)
         checkpoint = trainer.checkpoint_callback  # no best one (no validation split, or no epoch evaluated): last epoch
         best = "best" if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_path else None
         if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
@@ -359,7 +360,9 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
             raise
         raise DiskFull(f"no space left on the device while writing {err.filename or 'the run'}; free some space, "
                        f"then {_where_to_resume(trainer)}") from None
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, SystemExit) and trainer.interrupted:  # Ctrl-C: Lightning 2.6 ends its shutdown with exit(1)
+            return _interrupted(trainer, start)
         cli.release_new_run()
         # under ddp_spawn/ddp_fork the workers train: this process's global step stays 0 whatever they did
         if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
@@ -375,6 +378,13 @@ def _result(status: int, trainer: L.Trainer, start: float) -> FitResult:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     log_dir = trainer.logger.log_dir if trainer.logger is not None else None
     return FitResult(status, Path(log_dir).absolute() if log_dir else None, metrics, time.perf_counter() - start)
+
+
+def _interrupted(trainer: L.Trainer, start: float) -> FitResult:
+    """Ctrl-C: status 130 (not Lightning's 1, which reads as bad input) and how to continue, in one line."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after the first one
+    print(f"{PROG}: interrupted; {_where_to_resume(trainer)}", file=sys.stderr)
+    return _result(INTERRUPTED, trainer, start)
 
 
 def _where_to_resume(trainer) -> str:

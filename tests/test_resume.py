@@ -42,8 +42,10 @@ def straight_run(tmp_path_factory) -> Path:
     return cwd / "lightning_logs" / "version_0"
 
 
-@pytest.mark.parametrize(("sig", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)])
-def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, status, straight_run, tmp_path):
+@pytest.mark.parametrize(("sig", "status", "said"), [(signal.SIGKILL, -signal.SIGKILL, None),
+                                                    (signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                    (signal.SIGINT, 130, "interrupted")])  # Ctrl-C
+def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, status, said, straight_run, tmp_path):
     proc = fit(tmp_path)
     # Wait for epoch 2's summary line, then signal at once: the process is inside epoch 3.
     output = []
@@ -58,9 +60,9 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, status,
     run = tmp_path / "lightning_logs" / "version_0"
     saved_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     assert saved_epoch < EPOCHS - 1  # it really was interrupted before the end
-    if sig == signal.SIGTERM:  # one line: what happened and how to continue
-        said = [line for line in output if "stopped by SIGTERM" in line]
-        assert len(said) == 1 and "--ckpt_path last" in said[0] and f"end of epoch {saved_epoch + 1}" in said[0]
+    if said:  # one line: what happened and how to continue
+        lines = [line for line in output if line.startswith(f"python -m fashion_cnn.fit: {said}")]
+        assert len(lines) == 1 and "--ckpt_path last" in lines[0] and f"end of epoch {saved_epoch + 1}" in lines[0]
         assert "Traceback" not in "".join(output)
 
     config = (run / "config.yaml").read_bytes()
