@@ -42,6 +42,7 @@ class Loaded:
     path: Path
     net: nn.Module
     datamodule: FashionMNISTDataModule  # not set up: its hparams (mean, std, data_dir, ...) and normalize()
+    train_images: int | None = None  # the training set's size when it trained (None: a checkpoint from before)
 
     @property
     def run_dir(self) -> Path:
@@ -277,7 +278,8 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         first = " ".join(str(err).split("\n")[0].split())[:200]
         raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first}); it may "
                               f"come from another version of fashion_cnn: use the code version that wrote it") from None
-    return Loaded(path=path, net=net.eval(), datamodule=datamodule)
+    train_images = (checkpoint.get(FashionMNISTDataModule.__qualname__) or {}).get("train_images")
+    return Loaded(path=path, net=net.eval(), datamodule=datamodule, train_images=train_images)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

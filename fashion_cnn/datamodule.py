@@ -158,6 +158,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.val_set: TensorImages | None = None
         self.test_set: TensorImages | None = None
         self.first_flips: torch.Tensor | None = None  # with flip: alternate, bool [training images]
+        self.train_images: int | None = None  # in the training set found, before the validation split was held out
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: how many training images the validation split was held out of, so that
+        ``evaluate --split val`` can refuse a copy of another size (where the same indices are other images)."""
+        return {"train_images": self.train_images} if self.train_images is not None else {}
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
@@ -183,6 +189,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
         directory = locate(hp.data_dir, allow_download=hp.download)
         train_images, train_labels = load_split(directory, "train", hp.verify)
+        self.train_images = len(train_labels)
         if hp.val_size >= len(train_labels):
             raise DataError(f"val_size={hp.val_size} leaves no training images (the training set has "
                             f"{len(train_labels)}); choose a smaller data.val_size")

@@ -45,6 +45,10 @@ def predictions_on(loaded: Loaded, split: str = "test",
     directory = locate(data_dir or hp.data_dir, allow_download=hp.download)
     images, labels = load_split(directory, "train" if split == "val" else "test", hp.verify)
     if split == "val":
+        if loaded.train_images not in (None, len(labels)):  # the same indices would pick other images
+            raise CommandError(f"{loaded.path} held its validation split out of {loaded.train_images} training images, "
+                               f"and {directory} has {len(labels)}: evaluate it on the copy it trained on "
+                               f"(--data_dir {hp.data_dir})")
         val_idx, _ = hold_out(len(labels), hp.val_size, hp.split_seed)
         images, labels = images[val_idx], labels[val_idx]
     preds = predict_logits(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size)

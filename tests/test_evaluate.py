@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 
 import pytest
 import torch
@@ -95,6 +97,25 @@ def test_val_split_is_the_runs_own_held_out_images(mirror_run, tmp_path, capsys)
     assert mirror_only["shift"] == 0 and mirror_only["mirror"] is True
     assert mirror_only["val_acc"] == pytest.approx(scalars(mirror_run)["val/acc"][-1], abs=1e-6)
     assert mirror_only["val_loss"] == pytest.approx(scalars(mirror_run)["val/loss"][-1], abs=1e-5)
+
+
+def test_val_split_from_a_copy_of_another_size_is_one_line(mirror_run, tmp_path, capsys):
+    # The fixture's training set cut to 400 images: the run's split indices would be other images there.
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(FIXTURE / f"{name}.gz", cut / f"{name}.gz")
+    for name, header, size in (("train-images-idx3-ubyte", 16, 28 * 28), ("train-labels-idx1-ubyte", 8, 1)):
+        raw = gzip.decompress((FIXTURE / f"{name}.gz").read_bytes())
+        (cut / f"{name}.gz").write_bytes(gzip.compress(raw[:4] + (400).to_bytes(4, "big") + raw[8:header]
+                                                       + raw[header:header + 400 * size]))
+    out = tmp_path / "out"
+    code = evaluate.main(["--ckpt_path", str(mirror_run / "checkpoints" / "last.ckpt"), "--out_dir", str(out),
+                          "--split", "val", "--data_dir", str(cut)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "held its validation split out of 512 training images" in err and "has 400" in err
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_shift_adds_shifted_views_under_a_tag_of_its_own(trained_run, tmp_path):
