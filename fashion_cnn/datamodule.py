@@ -165,6 +165,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
         ``evaluate --split val`` can refuse a copy of another size (where the same indices are other images)."""
         return {"train_images": self.train_images} if self.train_images is not None else {}
 
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """On resuming (after :meth:`setup`): refuse a training set of another size than the run's, whose split,
+        shuffling and epochs would be other ones, so the run would go on training on other data."""
+        theirs = state.get("train_images")
+        if theirs is not None and self.train_images is not None and theirs != self.train_images:
+            raise DataError(f"this run trained on a training set of {theirs} images, and the one in "
+                            f"{self.hparams.data_dir} has {self.train_images}: resume it with the copy it trained "
+                            f"on (data.data_dir)")
+
     @property
     def eval_splits(self) -> tuple[str, ...]:
         """Names of the loaders ``val_dataloader`` returns, in order."""

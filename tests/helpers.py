@@ -3,7 +3,9 @@ what a run leaves behind (its TensorBoard scalars, a digest of a directory tree)
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,19 @@ SMALL = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.down
          "--trainer.log_every_n_steps", "4"]
 
 TRAINED_EPOCHS = 3  # the length of conftest's shared `trained_run`
+
+
+def fixture_cut(dest: Path, train_images: int) -> Path:
+    """A copy of the fixture in ``dest`` whose training set is its first ``train_images`` images: a copy of the
+    dataset of another size."""
+    dest.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(FIXTURE / f"{name}.gz", dest / f"{name}.gz")
+    for name, header, size in (("train-images-idx3-ubyte", 16, 28 * 28), ("train-labels-idx1-ubyte", 8, 1)):
+        raw = gzip.decompress((FIXTURE / f"{name}.gz").read_bytes())  # idx: magic, count, [rows, cols], data
+        count = train_images.to_bytes(4, "big")
+        (dest / f"{name}.gz").write_bytes(gzip.compress(raw[:4] + count + raw[8:header + train_images * size]))
+    return dest
 
 
 def real_data_dir() -> Path | None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ from PIL import Image
 
 from fashion_cnn import evaluate
 from fashion_cnn.data_files import CLASSES
-from tests.helpers import FIXTURE, best_checkpoint, scalars
+from tests.helpers import FIXTURE, best_checkpoint, fixture_cut, scalars
 
 
 def test_best_checkpoint_gives_the_runs_final_test_numbers(trained_run, tmp_path, capsys):
@@ -100,15 +98,7 @@ def test_val_split_is_the_runs_own_held_out_images(mirror_run, tmp_path, capsys)
 
 
 def test_val_split_from_a_copy_of_another_size_is_one_line(mirror_run, tmp_path, capsys):
-    # The fixture's training set cut to 400 images: the run's split indices would be other images there.
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        shutil.copy(FIXTURE / f"{name}.gz", cut / f"{name}.gz")
-    for name, header, size in (("train-images-idx3-ubyte", 16, 28 * 28), ("train-labels-idx1-ubyte", 8, 1)):
-        raw = gzip.decompress((FIXTURE / f"{name}.gz").read_bytes())
-        (cut / f"{name}.gz").write_bytes(gzip.compress(raw[:4] + (400).to_bytes(4, "big") + raw[8:header]
-                                                       + raw[header:header + 400 * size]))
+    cut = fixture_cut(tmp_path / "cut", 400)  # the run's split indices would be other images there
     out = tmp_path / "out"
     code = evaluate.main(["--ckpt_path", str(mirror_run / "checkpoints" / "last.ckpt"), "--out_dir", str(out),
                           "--split", "val", "--data_dir", str(cut)])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fashion_cnn import fit as fit_command
-from tests.helpers import FIXTURE, SMALL, TRAINED_EPOCHS, scalars, tree_digest
+from tests.helpers import FIXTURE, SMALL, TRAINED_EPOCHS, fixture_cut, scalars, tree_digest
 
 EPOCHS = 5
 ARGS = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
@@ -216,3 +216,20 @@ def test_a_resume_that_fails_before_a_step_leaves_its_run_as_it_was(trained_run,
         assert len(added) == 1 and added[0].startswith("lightning_logs/version_0/events.out.tfevents")
     else:
         assert tree_digest(tmp_path) == before
+
+
+def test_resuming_on_a_copy_of_another_size_is_one_line_and_changes_nothing(trained_run, tmp_path, monkeypatch,
+                                                                           capsys):
+    run = tmp_path / "lightning_logs" / "version_0"
+    shutil.copytree(trained_run, run)
+    cut = fixture_cut(tmp_path / "cut", 400)
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = fit_command.main(["--config", str(run / "config.yaml"), "--ckpt_path", "last", "--data.data_dir", str(cut),
+                             "--trainer.max_epochs", str(TRAINED_EPOCHS + 1)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "error" in line] == [
+        f"python -m fashion_cnn.fit: error: this run trained on a training set of 512 images, and the one in {cut} "
+        f"has 400: resume it with the copy it trained on (data.data_dir)"]
+    assert tree_digest(tmp_path) == before
