@@ -46,7 +46,8 @@ def straight_run(tmp_path_factory) -> Path:
                                                     (signal.SIGTERM, 143, "stopped by SIGTERM"),
                                                     (signal.SIGINT, 130, "interrupted")])  # Ctrl-C
 def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, status, said, straight_run, tmp_path):
-    proc = fit(tmp_path)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that: give the run Ctrl-C's default back.
+    proc = fit(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Wait for epoch 2's summary line, then signal at once: the process is inside epoch 3.
     output = []
     for line in proc.stdout:
