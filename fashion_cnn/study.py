@@ -13,6 +13,7 @@ same way on the next run (heartbeats and retries need an RDB storage: SQLite or 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -130,6 +131,13 @@ class Stopped(KeyboardInterrupt):
         self.status = status
 
 
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """A filter for Optuna's trial log: it reports a trial that Ctrl-C or SIGTERM stopped as failed, with a traceback
+    of :class:`Stopped`, then its value (None); fit and the study have said what happened in one line each."""
+    stopped = record.exc_info is not None and isinstance(record.exc_info[1], Stopped)
+    return not stopped and not record.getMessage().endswith(" failed with value None.")
+
+
 class RecordRun(L.Callback):
     """Records a trial's run directory as soon as the run has one, so a retry can find its last.ckpt."""
 
@@ -245,6 +253,9 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
     """Run trials until the study has all it needs; with other workers on the same storage, each takes its own."""
     target = spec.trials if spec.is_search else len(spec.seeds)
     run_trial = objective(spec, study_dir)
+    optuna_trials = logging.getLogger("optuna.study._optimize")  # where Optuna logs each trial's end
+    if _not_a_stop not in optuna_trials.filters:
+        optuna_trials.addFilter(_not_a_stop)
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryHeartbeatStaleTrialCallback)
         finished, running, waiting = progress(spec, study)

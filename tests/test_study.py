@@ -171,6 +171,35 @@ def test_killed_mid_trial_resumes_keeping_finished_trials(tmp_path):
     assert len(scalars(study_dir / "lightning_logs" / "version_1")["test/acc"]) == 8  # each epoch logged once
 
 
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_study_stopped_mid_trial_says_so_in_one_line_and_resumes_it(tmp_path, sig, status):
+    path = write_study(tmp_path / "stop.yaml", base="seed", repeat={"seeds": [0]},
+                       overrides={"trainer.max_epochs": 40})
+    study_dir = tmp_path / "stop"
+    # Ctrl-C's default given back: a shell starts background jobs with SIGINT ignored, and Python keeps that
+    proc = subprocess.Popen([sys.executable, "-m", "fashion_cnn.study", str(path), "--dir", str(study_dir),
+                             "--workers", "1"], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("[2] "):  # inside the trial's third epoch
+            proc.send_signal(sig)
+            break
+    output += proc.stdout.readlines()
+    assert proc.wait(timeout=60) == status, "".join(output)
+    said = [line for line in output if line.startswith("python -m fashion_cnn.study: stopped")]
+    assert len(said) == 1 and "run the same command again" in said[0]
+    assert "Traceback" not in "".join(output) and "failed" not in "".join(output)
+    again = cli(str(path), "--dir", str(study_dir))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continues from" in again.stdout
+    finished = [t for t in trials(study_dir, "stop") if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.params["seed"] for t in finished] == [0]
+    assert len(scalars(study_dir / "lightning_logs" / "version_0")["test/acc"]) == 40  # each epoch logged once
+
+
 def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsys):
     path = write_study(tmp_path / "prune.yaml", overrides={"trainer.max_epochs": 3}, search={
         "trials": 4, "val_size": 100, "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
