@@ -253,9 +253,7 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
     """Run trials until the study has all it needs; with other workers on the same storage, each takes its own."""
     target = spec.trials if spec.is_search else len(spec.seeds)
     run_trial = objective(spec, study_dir)
-    optuna_trials = logging.getLogger("optuna.study._optimize")  # where Optuna logs each trial's end
-    if _not_a_stop not in optuna_trials.filters:
-        optuna_trials.addFilter(_not_a_stop)
+    logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)  # where Optuna logs a trial's end; added once
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryHeartbeatStaleTrialCallback)
         finished, running, waiting = progress(spec, study)
