@@ -87,6 +87,11 @@ class FashionCLI(LightningCLI):
         if trainer.max_epochs is not None and trainer.max_epochs <= 0:
             raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
         check_final_shift(self.config.model.final_shift, self.config.data.augment, self.config.data.max_shift)
+        for key in ("optimizer", "lr_scheduler"):  # in every config.yaml, as null: older runs' files must still parse
+            if self.config.get(key) is not None:  # Lightning would replace the module's optimizer, ignoring model.lr
+                raise ConfigError(f"--{key} is not used by this project (it would silently replace the recipe's "
+                                  f"optimizer and schedule): set model.lr, model.momentum, model.nesterov, "
+                                  f"model.weight_decay and model.schedule instead")
         logger, log_root = trainer.logger, _log_root(trainer.logger)
         if log_root is not None:
             check_writable(log_root)
@@ -176,7 +181,10 @@ class FashionCLI(LightningCLI):
         callbacks.extend(self.extra_callbacks)
         if trainer.get("logger") is False:  # no run directory: do not write config.yaml into the working directory
             self.save_config_callback = None
-        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        try:
+            return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        except ValueError as err:  # Lightning's word for a strategy or accelerator name it does not know
+            raise ConfigError(str(err)) from None
 
     def _best_checkpoint(self) -> ModelCheckpoint:
         """Keep the last epoch, and with a validation split also the epoch with the best validation accuracy.

@@ -103,6 +103,11 @@ def test_command_line_overrides_reach_the_run(workdir):
         (["--config", "fsat"], "--config fsat: no such file, and not a shipped config (one of fast, gpu, quick, seed"),
         (["--model.final_shift", "1"], "model.final_shift=1 is for networks trained with random shifts"),
         (["--config", "strong", "--model.final_shift", "2"], "set model.final_shift to at most 1"),
+        (["--trainer.strategy", "dpp"], "invalid strategy name"),
+        (["--trainer.accelerator", "cpuu"], "invalid accelerator name"),
+        # Lightning's own optimizer options would replace the module's optimizer and ignore model.lr and the rest
+        (["--optimizer", "Adam"], "--optimizer is not used by this project"),
+        (["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "5"], "--lr_scheduler is not used by this project"),
     ],
 )
 def test_bad_configuration_is_one_line_and_touches_no_run(workdir, capsys, args, message):
