@@ -104,6 +104,18 @@ def hold_out(count: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, 
     return order[:val_size], order[val_size:]
 
 
+def check_data_options(augment: bool, erase: float, flip: str, test: bool, val_size: int) -> None:
+    """Refuse data options that parse but do nothing, or cannot work, together (before any data is read)."""
+    if erase and not augment:
+        raise DataError(f"data.erase={erase} does nothing without augmentation: add data.augment=true "
+                        f"(or drop data.erase)")
+    if flip != "random" and not augment:
+        raise DataError(f"data.flip={flip} does nothing without augmentation: add data.augment=true "
+                        f"(or drop data.flip)")
+    if not test and not val_size:
+        raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     """FashionMNIST, found and checked by :mod:`fashion_cnn.data_files`, served as normalised float batches.
 
@@ -153,6 +165,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         test: bool = True,
     ) -> None:
         super().__init__()
+        check_data_options(augment, erase, flip, test, val_size)
         self.save_hyperparameters()
         self.train_set: TensorImages | None = None
         self.val_set: TensorImages | None = None
@@ -188,14 +201,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
-        if hp.erase and not hp.augment:
-            raise DataError(f"data.erase={hp.erase} does nothing without augmentation: add data.augment=true "
-                            f"(or drop data.erase)")
-        if hp.flip != "random" and not hp.augment:
-            raise DataError(f"data.flip={hp.flip} does nothing without augmentation: add data.augment=true "
-                            f"(or drop data.flip)")
-        if not hp.test and not hp.val_size:
-            raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
         directory = locate(hp.data_dir, allow_download=hp.download)
         train_images, train_labels = load_split(directory, "train", hp.verify)
         self.train_images = len(train_labels)

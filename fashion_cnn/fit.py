@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import checkpoints
 from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, run
-from fashion_cnn.datamodule import FashionMNISTDataModule
+from fashion_cnn.datamodule import FashionMNISTDataModule, check_data_options
 from fashion_cnn.errors import FashionCNNError
 from fashion_cnn.module import FashionClassifier
 
@@ -83,15 +83,8 @@ class FashionCLI(LightningCLI):
                             help="resume training from this checkpoint; `last`: the newest run's last.ckpt")
 
     def before_instantiate_classes(self) -> None:
+        check_values(self.config)
         trainer = self.config.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs <= 0:
-            raise ConfigError(f"trainer.max_epochs must be positive, got {trainer.max_epochs}")
-        check_final_shift(self.config.model.final_shift, self.config.data.augment, self.config.data.max_shift)
-        for key in ("optimizer", "lr_scheduler"):  # in every config.yaml, as null: older runs' files must still parse
-            if self.config.get(key) is not None:  # Lightning would replace the module's optimizer, ignoring model.lr
-                raise ConfigError(f"--{key} is not used by this project (it would silently replace the recipe's "
-                                  f"optimizer and schedule): set model.lr, model.momentum, model.nesterov, "
-                                  f"model.weight_decay and model.schedule instead")
         logger, log_root = trainer.logger, _log_root(trainer.logger)
         if log_root is not None:
             check_writable(log_root)
@@ -224,6 +217,21 @@ def check_new_version(log_root: Path, version: int | str) -> None:
         raise ConfigError(f"{run_dir} already holds a run, and trainer.logger.init_args.version={version} would "
                           f"start a new one there: set it to null for a new run directory (or resume that run "
                           f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
+
+
+def check_values(config) -> None:
+    """Refuse a parsed fit config (a jsonargparse Namespace) whose values parse but cannot run together; checks
+    only the values, so a study checks its trials' configs with it before training any."""
+    max_epochs = config.trainer.max_epochs
+    if max_epochs is not None and max_epochs <= 0:
+        raise ConfigError(f"trainer.max_epochs must be positive, got {max_epochs}")
+    check_final_shift(config.model.final_shift, config.data.augment, config.data.max_shift)
+    for key in ("optimizer", "lr_scheduler"):  # in every config.yaml, as null: older runs' files must still parse
+        if config.get(key) is not None:  # Lightning would replace the module's optimizer, ignoring model.lr
+            raise ConfigError(f"--{key} is not used by this project (it would silently replace the recipe's "
+                              f"optimizer and schedule): set model.lr, model.momentum, model.nesterov, "
+                              f"model.weight_decay and model.schedule instead")
+    check_data_options(**{k: config.data[k] for k in ("augment", "erase", "flip", "test", "val_size")})
 
 
 def check_final_shift(final_shift: int, augment: bool, max_shift: int) -> None:

@@ -131,11 +131,12 @@ class Stopped(KeyboardInterrupt):
         self.status = status
 
 
-def _not_a_stop(record: logging.LogRecord) -> bool:
-    """A filter for Optuna's trial log: it reports a trial that Ctrl-C or SIGTERM stopped as failed, with a traceback
-    of :class:`Stopped`, then its value (None); fit and the study have said what happened in one line each."""
-    stopped = record.exc_info is not None and isinstance(record.exc_info[1], Stopped)
-    return not stopped and not record.getMessage().endswith(" failed with value None.")
+def _said_elsewhere(record: logging.LogRecord) -> bool:
+    """A filter for Optuna's trial log, true for the records to keep. Optuna reports a trial stopped by Ctrl-C or
+    SIGTERM, or refused for its inputs, as failed with a traceback (then a stopped one's value, None); fit and the
+    study have said what happened, in one line each."""
+    said = record.exc_info is not None and isinstance(record.exc_info[1], Stopped | FashionCNNError)
+    return not said and not record.getMessage().endswith(" failed with value None.")
 
 
 class RecordRun(L.Callback):
@@ -175,8 +176,11 @@ def objective(spec: study_file.Study, study_dir: Path):
             print(f"{PROG}: trial {trial.number} diverged: {err}", flush=True)
             trial.set_user_attr("diverged", str(err))
             return float("nan")
-        if result.status != 0:  # Ctrl-C or SIGTERM: retried (from its last.ckpt) when the study runs again
-            RetryHeartbeatStaleTrialCallback(max_retry=3)(trial.study, _frozen(trial))
+        except FashionCNNError:  # its data, its config, a full disk: the same trial runs again once it is fixed
+            _run_again(trial)
+            raise
+        if result.status != 0:  # Ctrl-C or SIGTERM
+            _run_again(trial)
             raise Stopped(result.status)
         trial.set_user_attr("wall_s", result.wall_s)
         trial.set_user_attr("threads", torch.get_num_threads())  # its wall time depends on them (frontier)
@@ -220,6 +224,12 @@ def _last_checkpoint_of_retried(trial: optuna.Trial, study_dir: Path) -> Path | 
     return last if last is not None and last.is_file() else None
 
 
+def _run_again(trial: optuna.Trial) -> None:
+    """Queue the trial to run again when the study is run again, from its run's last.ckpt if it saved one. Without a
+    limit: a user's stop or a problem they fix costs nothing (a dead worker's trial is retried at most 3 times)."""
+    RetryHeartbeatStaleTrialCallback(max_retry=None)(trial.study, _frozen(trial))
+
+
 def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     """The trial as stored, system attributes included (Optuna 5's Trial no longer shows them)."""
     return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
@@ -253,7 +263,7 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
     """Run trials until the study has all it needs; with other workers on the same storage, each takes its own."""
     target = spec.trials if spec.is_search else len(spec.seeds)
     run_trial = objective(spec, study_dir)
-    logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)  # where Optuna logs a trial's end; added once
+    logging.getLogger("optuna.study._optimize").addFilter(_said_elsewhere)  # where Optuna logs a trial's end; once
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryHeartbeatStaleTrialCallback)
         finished, running, waiting = progress(spec, study)

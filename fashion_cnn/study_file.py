@@ -240,6 +240,10 @@ class _Refused(FashionCNNError):
     pass
 
 
+class _Parsed(Exception):
+    """A trial's fit config parsed and passed fit's checks of its values; nothing was built."""
+
+
 class _CheckParser(fit.FitParser):
     """The fit parser, raising instead of exiting: the study says which key of its file is wrong."""
 
@@ -247,20 +251,31 @@ class _CheckParser(fit.FitParser):
         raise _Refused(" ".join(str(message).split()))
 
 
+class _CheckCLI(fit.FashionCLI):
+    """Fit's CLI stopped once its config is parsed and its values checked, before it seeds or builds anything."""
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        fit.check_values(self.config)
+        raise _Parsed
+
+
 def check_fit_args(study: Study, bad) -> None:
-    """Parse one trial's fit arguments (each parameter at its low end or first choice) without running anything,
-    so an unknown key or a value of the wrong type is reported before any training."""
-    params = {k: d.choices[0] if isinstance(d, optuna.distributions.CategoricalDistribution) else d.low
-              for k, d in study.space.items()}
-    argv = fit.resolve_config_names(study.fit_args(params or {"seed": study.seeds[0]}))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            fit.FashionCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False,
-                           args=[*argv, "--print_config"], parser_class=_CheckParser,
-                           parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
-    except _Refused as err:
-        raise bad(f"the fit config it makes is refused: {err}") from None
-    except SystemExit:  # --print_config printed and exited: every key and value parsed
-        return
+    """Parse the fit configs of the trials at the two ends of the space (each parameter at its low end or first
+    choice, then at its high end or last choice) and check their values, without running anything, so that an
+    unknown key, a value of the wrong type or values that cannot run together are reported before any training."""
+    ends = [{k: d.choices[end] if isinstance(d, optuna.distributions.CategoricalDistribution) else (d.low, d.high)[end]
+             for k, d in study.space.items()} for end in (0, -1)] if study.space else [{"seed": study.seeds[0]}]
+    for params in ends:
+        argv = fit.resolve_config_names(study.fit_args(params))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                    warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+                _CheckCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False, args=argv,
+                          parser_class=_CheckParser,
+                          parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
+        except _Parsed:
+            continue
+        except FashionCNNError as err:  # _Refused (the parser) or a value check
+            raise bad(f"the fit config it makes is refused: {' '.join(str(err).split())}") from None

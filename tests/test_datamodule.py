@@ -111,9 +111,8 @@ def test_random_erasing_zeroes_one_rectangle_of_the_erased_images_and_nothing_el
 
 
 def test_erase_without_augmentation_is_refused_in_one_line():
-    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, erase=0.5)
     with pytest.raises(DataError, match=r"^data.erase=0.5 does nothing without augmentation: add data.augment=true"):
-        dm.setup()
+        FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, erase=0.5)
 
 
 def test_erase_applies_to_training_batches_only(small_dm):
@@ -154,9 +153,8 @@ def test_without_the_test_set_only_validation_is_evaluated():
     assert dm.test_set is None and dm.eval_splits == ("val",) and len(dm.val_dataloader()) == 1
     with pytest.raises(DataError, match="does not use the test set"):
         dm.test_dataloader()
-    no_val = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, test=False)
     with pytest.raises(DataError, match="needs a validation split"):
-        no_val.setup()
+        FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, test=False)
 
 
 def test_alternating_flips_flip_each_image_in_every_other_epoch():
@@ -187,9 +185,8 @@ def test_alternating_flips_flip_each_image_in_every_other_epoch():
 
 
 def test_alternating_flips_without_augmentation_are_refused_in_one_line():
-    dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, flip="alternate")
     with pytest.raises(DataError, match=r"^data.flip=alternate does nothing without augmentation: add data.augment"):
-        dm.setup()
+        FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, flip="alternate")
 
 
 def test_alternating_flips_train_through_lightning(small_dm):

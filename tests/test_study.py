@@ -56,6 +56,11 @@ SPACE = {"model.lr": {"low": 0.01, "high": 0.2, "log": True}}
     ({"repeat": {"seeds": []}}, "repeat.seeds must be a non-empty list"),
     ({"repeat": {"seeds": [0]}, "search": {"trials": 1, "space": SPACE}}, "exactly one of"),
     ({"base": "nope", "repeat": {"seeds": [0]}}, "base 'nope'"),
+    # values that parse but cannot run together: checked too, for the trials at both ends of the space
+    ({"repeat": {"seeds": [0]}, "overrides": {"trainer.max_epochs": 0}}, "max_epochs must be positive"),
+    ({"base": "quick", "repeat": {"seeds": [0]}, "overrides": {"model.final_shift": 2}}, "final_shift to at most 1"),
+    ({"base": "seed", "search": {"trials": 2, "space": {"data.erase": {"low": 0.0, "high": 0.5}}}},
+     "data.erase=0.5 does nothing without augmentation"),
 ])
 def test_bad_study_files_are_one_line_before_any_training(tmp_path, capsys, body, message):
     path = write_study(tmp_path / "bad.yaml", **body)
@@ -405,6 +410,21 @@ def test_a_diverged_trial_is_one_line_and_the_search_goes_on(tmp_path, capsys):
     assert second.state == optuna.trial.TrialState.COMPLETE
     captured = capsys.readouterr()
     assert "trial 0 diverged: training loss became" in captured.out and "Traceback" not in captured.out + captured.err
+
+
+def test_a_trial_refused_for_its_inputs_is_one_line_and_runs_once_they_are_fixed(tmp_path, capsys, no_other_copies):
+    copy = tmp_path / "copy"  # not there yet: the first trial finds no dataset
+    path = write_study(tmp_path / "inputs.yaml", repeat={"seeds": [0, 1]}, overrides={"data.data_dir": str(copy)})
+    study_dir = tmp_path / "inputs"
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "failed" not in err
+    said = [line for line in err.splitlines() if "error:" in line]
+    assert len(said) == 1 and "FashionMNIST not found" in said[0]
+    shutil.copytree(FIXTURE, copy)
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
+    finished = [t for t in trials(study_dir, "inputs") if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.params["seed"] for t in finished) == [0, 1]  # the refused seed too, not only the next one
 
 
 def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
