@@ -259,20 +259,36 @@ def progress(spec: study_file.Study, study: optuna.Study) -> tuple[int, int, int
     return finished, running, waiting
 
 
-def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat: int) -> None:
-    """Run trials until the study has all it needs; with other workers on the same storage, each takes its own."""
+def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat: int, heartbeats: bool = True) -> None:
+    """Run trials until the study has all it needs; with other workers on the same storage, each takes its own.
+    ``heartbeats``: whether the storage has them (an RDB storage), so that a dead worker's trial is retried."""
     target = spec.trials if spec.is_search else len(spec.seeds)
     run_trial = objective(spec, study_dir)
     logging.getLogger("optuna.study._optimize").addFilter(_said_elsewhere)  # where Optuna logs a trial's end; once
+    said_waiting = False
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: retried (RetryHeartbeatStaleTrialCallback)
         finished, running, waiting = progress(spec, study)
         if finished >= target:
             return
         if not waiting and finished + running >= target:
-            time.sleep(heartbeat)  # the rest are running elsewhere (or are stale and will be retried)
+            if not said_waiting:  # the rest are running elsewhere (or are stale and will be retried)
+                print(waiting_line(study, heartbeats), file=sys.stderr, flush=True)
+                said_waiting = True
+            time.sleep(heartbeat)
             continue
         study.optimize(run_trial, n_trials=1)
+
+
+def waiting_line(study: optuna.Study, heartbeats: bool) -> str:
+    """What a worker with nothing left to start waits for, in one line (and, where no heartbeat can tell a dead
+    worker, that the wait may never end)."""
+    numbers = ", ".join(str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    line = f"{PROG}: waiting for trial(s) {numbers}, running in other processes"
+    if not heartbeats:
+        line += (" (this storage has no heartbeats, so the trial of a worker that died is never finished: if no "
+                 "worker runs it any more, stop this one; an RDB storage, SQLite or a server, retries such trials)")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,7 +342,7 @@ def _run(args, argv: list[str]) -> int:
     study = open_study(spec, storage)
     if args.worker or args.workers == 1:
         try:
-            work(spec, study, study_dir, args.heartbeat)
+            work(spec, study, study_dir, args.heartbeat, isinstance(storage, optuna.storages.RDBStorage))
         except Stopped as stopped:
             print(f"{PROG}: stopped; run the same command again to continue (the trial resumes)", file=sys.stderr)
             return stopped.status

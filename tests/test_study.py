@@ -427,6 +427,22 @@ def test_a_trial_refused_for_its_inputs_is_one_line_and_runs_once_they_are_fixed
     assert sorted(t.params["seed"] for t in finished) == [0, 1]  # the refused seed too, not only the next one
 
 
+def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tmp_path, capsys, monkeypatch):
+    path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0]})
+    url = f"journal:{tmp_path / 'journal.log'}"
+    created = study.open_study(study_file.load(path), study.open_storage(url, 10))
+    created.ask()  # seed 0 taken by a worker that then died: "running" for good, as journal storage cannot tell
+
+    def stop(seconds: float) -> None:
+        raise KeyboardInterrupt  # the user's Ctrl-C, the only way out of this wait
+
+    monkeypatch.setattr(study.time, "sleep", stop)
+    assert study.main([str(path), "--dir", str(tmp_path / "out"), "--storage", url, "--workers", "1"]) == 130
+    said = capsys.readouterr().err.splitlines()
+    assert said[-2].startswith("python -m fashion_cnn.study: waiting for trial(s) 0, running in other processes")
+    assert "no heartbeats" in said[-2] and said[-1] == "python -m fashion_cnn.study: interrupted"
+
+
 def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("model:\n  lr: 0.1\n")
