@@ -121,7 +121,11 @@ def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> P
 def run_config(run_dir: Path) -> dict:
     """A run's config.yaml as a mapping ({} when it has none); :class:`CheckpointError` when it is not a fit config."""
     path = run_dir / "config.yaml"
-    raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    try:
+        raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path} cannot be read ({' '.join(str(err).split())[:200]}): put back the "
+                              f"config.yaml fit wrote there, or move the run aside") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
         raise CheckpointError(f"{path}: not a fit config (a mapping with trainer, model and data)")
     return raw

@@ -88,6 +88,10 @@ def callback_keys(callbacks: Any) -> dict[str, str]:
 
 
 def read_run(path: Path, complete: bool = True) -> Run:
+    """A run directory's config (flat, with the options added since at their defaults), final test accuracy, best
+    validation accuracy and wall time, from its config.yaml and TensorBoard events."""
+    if not path.is_dir():
+        raise commands.CommandError(f"{path}: no such run directory (moved or deleted?); name the runs that exist")
     raw = checkpoints.run_config(path)
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
     config = with_defaults(flatten(raw)) | callback_keys(callbacks)

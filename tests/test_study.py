@@ -317,15 +317,25 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
     assert not (tmp_path / "no").exists()
 
 
-def test_a_run_dir_whose_config_is_not_a_fit_config_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(("config", "message"), [
+    ("trainer: [not, a, mapping]\n", "not a fit config"),
+    ("model: [\n", "config.yaml cannot be read"),  # damaged: not YAML at all
+    (b"\xff\xfe", "config.yaml cannot be read"),
+    (None, "no such run directory"),
+])
+def test_a_run_dir_whose_config_is_not_a_fit_config_is_one_line(tmp_path, capsys, config, message):
     from fashion_cnn import compare
 
     run = tmp_path / "version_0"
-    run.mkdir()
-    (run / "config.yaml").write_text("trainer: [not, a, mapping]\n")
+    if config is not None:
+        run.mkdir()
+        write = (run / "config.yaml").write_bytes if isinstance(config, bytes) else (run / "config.yaml").write_text
+        write(config)
+    before = tree_digest(tmp_path)
     assert compare.main([str(run), "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a fit config" in err
+    assert err.count("\n") == 1 and message in err
+    assert tree_digest(tmp_path) == before
 
 
 def test_runs_that_differ_by_a_callback_are_told_apart_by_it():
