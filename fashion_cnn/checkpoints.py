@@ -22,7 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, first_line
 from fashion_cnn.module import parameter_group_count
 from fashion_cnn.nets import SeedCNN, ViewAverage
 
@@ -124,7 +124,7 @@ def run_config(run_dir: Path) -> dict:
     try:
         raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path} cannot be read ({' '.join(str(err).split())[:200]}): put back the "
+        raise CheckpointError(f"{path} cannot be read ({first_line(err)}): put back the "
                               f"config.yaml fit wrote there, or move the run aside") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
         raise CheckpointError(f"{path}: not a fit config (a mapping with trainer, model and data)")
@@ -155,8 +155,7 @@ def read(path: Path) -> dict:
             f"{path} is not a plain weights checkpoint: its pickle would run code ({what}), so it was not loaded; "
             f"use a checkpoint written by fashion_cnn.fit, and open other files only if you trust them") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        first = " ".join(str(err).split("\n")[0].split())[:160]
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first}); "
+        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err, 160)}); "
                               f"copy it again or use another checkpoint (e.g. last.ckpt of the same run)") from None
     missing = [k for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
                if not isinstance(checkpoint, dict) or k not in checkpoint]
@@ -279,9 +278,9 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         if mirror or shift:  # averaged over the views the run's final test averaged over
             net = ViewAverage(net, mirror=mirror, shift=shift, fill=datamodule.black)
     except (RuntimeError, KeyError, TypeError, ValueError, ImportError, AttributeError) as err:
-        first = " ".join(str(err).split("\n")[0].split())[:200]
-        raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first}); it may "
-                              f"come from another version of fashion_cnn: use the code version that wrote it") from None
+        raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first_line(err)}); "
+                              f"it may come from another version of fashion_cnn: use the code version that wrote "
+                              f"it") from None
     train_images = (checkpoint.get(FashionMNISTDataModule.__qualname__) or {}).get("train_images")
     return Loaded(path=path, net=net.eval(), datamodule=datamodule, train_images=train_images)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fashion_cnn.commands import parser, run
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, first_line
 
 ENV_VAR = "FASHION_MNIST_DIR"
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -190,8 +190,7 @@ def download(data_dir: str | Path) -> Path:
         for train in (True, False):
             FashionMNIST(str(data_dir), train=train, download=True)
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError... all mean "no download"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"FashionMNIST was not found and downloading it into {data_dir} failed ({reason}); "
+        raise DataError(f"FashionMNIST was not found and downloading it into {data_dir} failed ({first_line(err)}); "
                         f"{HOW_TO_GET}") from err
     return data_dir / "FashionMNIST" / "raw"
 

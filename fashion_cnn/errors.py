@@ -8,3 +8,10 @@ class FashionCNNError(Exception):
     :class:`~fashion_cnn.checkpoints.CheckpointError`, ...); every command turns any of them into
     ``python -m fashion_cnn.<command>: error: <message>`` and exit status 1, never a traceback.
     """
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first non-blank line, its whitespace collapsed and cut to ``limit`` characters (its type's name
+    when it has no message): the part of a library's error worth quoting inside a one-line message."""
+    line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return " ".join(line.split())[:limit]

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from fashion_cnn import commands, fit, study_file
 from fashion_cnn.checkpoints import load, newest, study_run_dir
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, first_line
 from fashion_cnn.module import TrainingDiverged
 
 PROG = "python -m fashion_cnn.study"
@@ -62,8 +62,7 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
             _serialize_sqlite(storage.engine)
         return storage
     except Exception as err:
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise StudyError(f"cannot reach the storage {url}: {first.strip()}") from None
+        raise StudyError(f"cannot reach the storage {url}: {first_line(err)}") from None
 
 
 def _serialize_sqlite(engine) -> None:
