@@ -8,7 +8,9 @@ normalise with and the class names. ONNX needs the ``export`` extra: ``pip insta
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from torch import nn
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
 from fashion_cnn.data_files import CLASSES
+from fashion_cnn.errors import first_line
 
 PROG = "python -m fashion_cnn.export"
 FORMATS = ("torchscript", "onnx")
@@ -29,24 +32,38 @@ def export_torchscript(net: nn.Module, path: Path) -> Path:
     with warnings.catch_warnings():
         # Deprecated in favour of torch.export, but TorchScript is still what C++/LibTorch and many servers load.
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
-        torch.jit.script(net).save(str(path))
+        try:
+            scripted = torch.jit.script(net)
+        except (RuntimeError, torch.jit.frontend.FrontendError) as err:  # Python TorchScript does not take
+            raise CommandError(f"TorchScript cannot compile this network ({first_line(err)}); export it with "
+                               f"--formats onnx") from None
+        scripted.save(str(path))
     return path
 
 
-def export_onnx(net: nn.Module, path: Path) -> Path:
-    """ONNX via ``torch.export``, with the batch dimension left dynamic."""
+def check_onnx_packages() -> None:
+    """Refuse an ONNX export, before anything is loaded or written, where its packages are not installed."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs both; fail with a clear message instead)
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise CommandError(f"ONNX export needs the {err.name} package: pip install -e '.[export]' "
                            f"(or choose --formats torchscript)") from None
+
+
+def export_onnx(net: nn.Module, path: Path) -> Path:
+    """ONNX via ``torch.export``, with the batch dimension left dynamic."""
+    check_onnx_packages()
     example = torch.zeros(2, *INPUT_SHAPE)  # 2, not 1: torch.export would specialise a batch of 1 as a constant
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's progress chatter and deprecation notes of its internals
-        torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
-                          external_data=False)  # one self-contained file: the weights are only 87 kB
+        try:
+            torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                              external_data=False)  # one self-contained file: the weights are only 87 kB
+        except RuntimeError as err:  # torch.export or the ONNX translation could not follow the network
+            raise CommandError(f"ONNX cannot export this network ({first_line(err)}); export it with "
+                               f"--formats torchscript") from None
     return path
 
 
@@ -68,21 +85,23 @@ def sidecar(loaded: Loaded, files: list[Path]) -> dict:
 
 
 def export(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[Path]:
-    """Write the chosen formats and the JSON sidecar into ``out_dir``; returns the paths written."""
+    """Write the chosen formats and the JSON sidecar into ``out_dir``; returns the paths written. All or nothing:
+    each file is written aside and moved into place once every one of them is, so a failed export leaves the files
+    of an earlier one as they were."""
     stem = loaded.path.stem
     net = loaded.net.eval()
+    writers = {"torchscript": (export_torchscript, f"{stem}.torchscript.pt"), "onnx": (export_onnx, f"{stem}.onnx")}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        files = []
-        if "torchscript" in formats:
-            files.append(export_torchscript(net, out_dir / f"{stem}.torchscript.pt"))
-        if "onnx" in formats:
-            files.append(export_onnx(net, out_dir / f"{stem}.onnx"))
-        meta = out_dir / f"{stem}.json"
-        meta.write_text(json.dumps(sidecar(loaded, files), indent=2) + "\n")
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as aside:
+            files = [write(net, Path(aside) / name) for f, (write, name) in writers.items() if f in formats]
+            meta = Path(aside) / f"{stem}.json"
+            meta.write_text(json.dumps(sidecar(loaded, files), indent=2) + "\n")
+            for path in (*files, meta):
+                os.replace(path, out_dir / path.name)
     except OSError as err:
         raise CommandError(f"cannot write to {out_dir} ({err.strerror or err}); choose a writable --out_dir") from None
-    return [*files, meta]
+    return [out_dir / path.name for path in (*files, meta)]
 
 
 def parse_formats(value: str) -> list[str]:
@@ -106,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"argument --formats: {err}")
 
     def body() -> int:
+        if "onnx" in formats:
+            check_onnx_packages()
         loaded = load(args.ckpt_path, args.logs_dir)
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir / "export"
         for path in export(loaded, out_dir, formats):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 
 import pytest
 import torch
 
 from fashion_cnn import export
 from fashion_cnn.checkpoints import load
+from fashion_cnn.commands import CommandError
 from fashion_cnn.data_files import CLASSES, MEAN, STD, load_split
-from tests.helpers import FIXTURE, best_checkpoint
+from tests.helpers import FIXTURE, best_checkpoint, tree_digest
 
 BATCHES = (1, 7)
 
@@ -87,3 +90,36 @@ def test_a_run_with_test_time_views_exports_their_average(mirror_run, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"images": batch.numpy()})
     assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5, rtol=0)
+
+
+class PythonOnly(torch.nn.Module):
+    """A network TorchScript cannot compile (it calls a lambda), such as a user's own may be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(28 * 28, len(CLASSES))
+        self.prepare = lambda x: x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.prepare(x))
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
+def test_a_network_that_cannot_be_exported_is_one_line_and_keeps_an_earlier_export(trained_run, tmp_path, capsys):
+    assert run_export(trained_run, tmp_path, "torchscript") == 0
+    before = tree_digest(tmp_path)
+    loaded = dataclasses.replace(load(best_checkpoint(trained_run)), net=PythonOnly())
+    with pytest.raises(CommandError, match=r"^TorchScript cannot compile this network \(.+\); export it with "
+                                           r"--formats onnx$"):
+        export.export(loaded, tmp_path, ["onnx", "torchscript"])  # ONNX first: its file is written aside, then dropped
+    assert tree_digest(tmp_path) == before  # the earlier export's files as they were, nothing left beside them
+
+
+def test_onnx_without_its_packages_is_one_line_before_anything_is_written(trained_run, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # an import of it raises ImportError: not installed
+    assert run_export(trained_run, tmp_path / "out", "torchscript,onnx") == 1
+    err = capsys.readouterr().err
+    assert err == ("python -m fashion_cnn.export: error: ONNX export needs the onnxscript package: "
+                   "pip install -e '.[export]' (or choose --formats torchscript)\n")
+    assert not (tmp_path / "out").exists()
