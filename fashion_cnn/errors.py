@@ -1,5 +1,7 @@
 """The base of the project's own errors: :func:`fashion_cnn.commands.run` reports any of them as one line."""
 
+import re
+
 
 class FashionCNNError(Exception):
     """An error a user can fix: its message is one line that says what is wrong and how to fix it.
@@ -13,5 +15,6 @@ class FashionCNNError(Exception):
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's first non-blank line, its whitespace collapsed and cut to ``limit`` characters (its type's name
     when it has no message): the part of a library's error worth quoting inside a one-line message."""
-    line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # terminal colours, which torch.onnx puts in its messages
+    line = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
     return " ".join(line.split())[:limit]

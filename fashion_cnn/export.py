@@ -25,6 +25,9 @@ from fashion_cnn.errors import first_line
 PROG = "python -m fashion_cnn.export"
 FORMATS = ("torchscript", "onnx")
 INPUT_SHAPE = (1, 28, 28)
+# a bound on the dynamic batch dimension: without one, torch 2.6 and 2.7 cannot export the shifted test-time views
+# (torch 2.6: a guard "batch != 2**63 - 1" is violated)
+MAX_BATCH = 2**20
 
 
 def export_torchscript(net: nn.Module, path: Path) -> Path:
@@ -59,8 +62,8 @@ def export_onnx(net: nn.Module, path: Path) -> Path:
         warnings.simplefilter("ignore")  # the exporter's progress chatter and deprecation notes of its internals
         try:
             torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
-                              external_data=False)  # one self-contained file: the weights are only 87 kB
+                              dynamic_shapes=({0: torch.export.Dim("batch", max=MAX_BATCH)},), dynamo=True,
+                              verbose=False, external_data=False)  # one self-contained file: the weights are only 87 kB
         except RuntimeError as err:  # torch.export or the ONNX translation could not follow the network
             raise CommandError(f"ONNX cannot export this network ({first_line(err)}); export it with "
                                f"--formats torchscript") from None
