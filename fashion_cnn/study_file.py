@@ -240,10 +240,6 @@ class _Refused(FashionCNNError):
     pass
 
 
-class _Parsed(Exception):
-    """A trial's fit config parsed and passed fit's checks of its values; nothing was built."""
-
-
 class _CheckParser(fit.FitParser):
     """The fit parser, raising instead of exiting: the study says which key of its file is wrong."""
 
@@ -252,12 +248,13 @@ class _CheckParser(fit.FitParser):
 
 
 class _CheckCLI(fit.FashionCLI):
-    """Fit's CLI stopped once its config is parsed and its values checked, before it seeds or builds anything."""
+    """Fit's CLI stopped once its config is parsed and its values checked (``SystemExit(0)``, as ``--print_config``
+    stops), before it seeds or builds anything."""
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         fit.check_values(self.config)
-        raise _Parsed
+        raise SystemExit(0)
 
 
 def check_fit_args(study: Study, bad) -> None:
@@ -275,7 +272,7 @@ def check_fit_args(study: Study, bad) -> None:
                 _CheckCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False, args=argv,
                           parser_class=_CheckParser,
                           parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
-        except _Parsed:
+        except SystemExit:  # parsed and checked (_CheckParser raises on a parse error instead of exiting)
             continue
         except FashionCNNError as err:  # _Refused (the parser) or a value check
             raise bad(f"the fit config it makes is refused: {' '.join(str(err).split())}") from None
