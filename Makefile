@@ -62,8 +62,8 @@ tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
 	@echo "TensorBoard: open http://localhost:$(PORT)/"
 	$(VENV)/bin/tensorboard --logdir lightning_logs --port $(PORT)
 
-report: setup ## Draw a run's learning curves next to the notebook's into docs/learning_curves.png (RUN=newest)
-	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN))
+report: setup ## Draw a run's learning curves next to the notebook's, into the run's directory (RUN=newest)
+	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN)) $(ARGS)
 
 bench: data ## Seconds per epoch side by side: notebook loop, bare floor, bare Trainer, project (ratios, JSON)
 	$(PY) -m benchmarks.bench --data_dir $(DATA_DIR) $(ARGS)

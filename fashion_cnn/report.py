@@ -60,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("report", "Draw a run's test loss/accuracy per epoch next to the notebook's logged numbers.")
     p.add_argument("--run", default=None, help="a run directory (default: the newest version_N in --logs_dir)")
     p.add_argument("--logs_dir", default="lightning_logs", help="where to look for the newest run")
-    p.add_argument("--out", default="docs/learning_curves.png", help="the PNG to write")
+    p.add_argument("--out", default=None,
+                   help="the PNG to write, a JSON file of the curves beside it (default: learning_curves.png in the "
+                        "run's directory; the README's picture is docs/learning_curves.png)")
     args = p.parse_args(argv)
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        p.error(f"--out {args.out}: give a .png file name (the curves' JSON file is written beside it)")
 
     def body() -> int:
         run_dir = Path(args.run) if args.run else newest_run(args.logs_dir, holding=EVENTS)
+        out_path = Path(args.out) if args.out else run_dir / "learning_curves.png"
         epochs, loss, acc = logged_test_curves(run_dir)
         best = max(range(len(acc)), key=acc.__getitem__)
         fig = learning_curves_figure(
@@ -74,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                   "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "epochs": epochs, "test_loss": loss, "test_acc": acc}
         try:
-            out = save(fig, args.out)
-            Path(args.out).with_suffix(".json").write_text(json.dumps(curves, indent=2) + "\n")
+            out = save(fig, out_path)
+            out.with_suffix(".json").write_text(json.dumps(curves, indent=2) + "\n")
         except OSError as err:
-            raise CommandError(f"cannot write {args.out} ({err.strerror or err}); choose another --out") from None
+            raise CommandError(f"cannot write {out_path} ({err.strerror or err}); choose another --out") from None
         print(f"{run_dir}: {len(epochs)} epochs, best test accuracy {100 * acc[best]:.2f}% at epoch {epochs[best]}, "
               f"last {100 * acc[-1]:.2f}% (loss {loss[-1]:.4f}); notebook at epoch {NOTEBOOK[-1][0]}: "
               f"{NOTEBOOK[-1][2]:.2f}% (loss {NOTEBOOK[-1][1]:.4f})")

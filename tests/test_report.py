@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from fashion_cnn import report
-from tests.helpers import TRAINED_EPOCHS, scalars
+from tests.helpers import TRAINED_EPOCHS, scalars, tree_digest
 
 
 def test_curves_are_the_runs_logged_test_numbers(trained_run):
@@ -30,6 +32,24 @@ def test_newest_run_is_drawn_to_the_png(trained_run, tmp_path, capsys):
     curves = json.loads(out.with_suffix(".json").read_text())  # the numbers behind the picture, for the docs
     assert curves["run"] == str(logs / "version_3") and curves["epochs"] == list(range(1, TRAINED_EPOCHS + 1))
     assert curves["test_acc"] == scalars(logs / "version_3")["test/acc"]
+
+
+def test_by_default_the_curves_go_into_the_run_and_the_docs_stay_as_they_are(trained_run, tmp_path, capsys):
+    run = tmp_path / "logs" / "version_0"
+    shutil.copytree(trained_run, run)
+    docs = Path(__file__).parent.parent / "docs"
+    before = tree_digest(docs)
+    assert report.main(["--run", str(run)]) == 0
+    assert (run / "learning_curves.png").is_file() and (run / "learning_curves.json").is_file()
+    assert tree_digest(docs) == before  # the README's committed picture is written only when asked for
+
+
+def test_an_out_that_is_not_a_png_is_a_usage_error(trained_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--run", str(trained_run), "--out", str(tmp_path / "curves")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "give a .png file name" in err and err.count("\n") == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_notebook_reference_is_its_printed_table():
