@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, commands, figures, nets
@@ -38,6 +39,9 @@ T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 
 @dataclass
 class Run:
+    """One run as a comparison sees it: its flat config (``model.lr``, ...), its final test accuracy and best
+    validation accuracy (None where it has none), its wall time, and whether it finished (not pruned)."""
+
     path: Path
     config: dict[str, Any]
     test_acc: float | None
@@ -47,6 +51,7 @@ class Run:
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``prefix + "a.b.c"`` keys, each value kept if it is a plain scalar, else its ``str``."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -133,6 +138,7 @@ def collect(target: Path, storage: str | None = None, study_name: str | None = N
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
+    """The config keys whose values differ between the runs (the seeds and keys that change no result aside)."""
     keys = sorted({k for r in runs for k in r.config if k not in SEED_KEYS and not k.startswith(IGNORED)})
     return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
 
@@ -167,6 +173,7 @@ def t_sf(t: float, df: int) -> float:
 
 
 def groups(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
+    """The runs grouped by their values of ``keys``: one group per config, its seeds in it."""
     out: dict[tuple, list[Run]] = {}
     for run in runs:
         out.setdefault(tuple(run.config.get(k) for k in keys), []).append(run)
@@ -195,6 +202,8 @@ def paired_gain(members: list[Run], baseline: list[Run]) -> str:
 
 
 def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
+    """The Markdown table: one row per config (finished runs only), its seeds' mean ± std, 95% CI, validation
+    accuracy and wall time, and with ``baseline`` the paired gain over it; best first."""
     complete = [r for r in runs if r.complete]
     keys = differing_keys(complete)
     gain = " gain over the baseline (paired by seed) |" if baseline else ""
@@ -224,7 +233,9 @@ def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
     return "\n".join(rows) + (f"\n\n{pruned} pruned run(s) not in the table." if pruned else "")
 
 
-def figure(runs: list[Run]):
+def figure(runs: list[Run]) -> Figure:
+    """Repeats: each config's accuracies over its seeds, with mean and 95% CI. A search: best validation accuracy
+    against each searched parameter, pruned trials marked."""
     complete = [r for r in runs if r.complete]
     keys = differing_keys(complete)
     grouped = groups(complete, keys)
@@ -314,6 +325,7 @@ def per_run(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion_cnn.compare``: its exit status."""
     p = commands.parser("compare", "Compare runs and studies: a Markdown table and a PNG.")
     p.add_argument("targets", nargs="+", type=Path, help="run directories, lightning_logs directories or study dirs")
     p.add_argument("--out", type=Path, help="where to save comparison.md and .png (default: the first target)")

@@ -115,6 +115,7 @@ def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion_cnn.evaluate``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
     p = parser("evaluate", "Evaluate a checkpoint on the FashionMNIST test set.")
     add_checkpoint_arguments(p)
     p.add_argument("--data_dir", default=None, help="where the dataset is (default: the training run's data_dir)")

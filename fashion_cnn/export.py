@@ -117,6 +117,7 @@ def parse_formats(value: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion_cnn.export``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
     p = parser("export", "Export a checkpoint's network as TorchScript and/or ONNX.")
     add_checkpoint_arguments(p)
     p.add_argument("--out_dir", default=None, help="where to write (default: export/ in the checkpoint's run dir)")

@@ -181,6 +181,7 @@ def classify(loaded: Loaded, images: torch.Tensor, top_k: int) -> list[list[tupl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion_cnn.predict``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
     p = parser("predict", "Classify PNG/JPEG images of clothing with a trained checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or directories of them")
     add_checkpoint_arguments(p)

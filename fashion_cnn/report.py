@@ -57,6 +57,7 @@ def network(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion_cnn.report``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
     p = parser("report", "Draw a run's test loss/accuracy per epoch next to the notebook's logged numbers.")
     p.add_argument("--run", default=None, help="a run directory (default: the newest version_N in --logs_dir)")
     p.add_argument("--logs_dir", default="lightning_logs", help="where to look for the newest run")

@@ -13,13 +13,16 @@ same way on the next run (heartbeats and retries need an RDB storage: SQLite or 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import optuna
@@ -149,7 +152,9 @@ class RecordRun(L.Callback):
             self.trial.set_user_attr("run_dir", str(Path(trainer.logger.log_dir).absolute()))
 
 
-def objective(spec: study_file.Study, study_dir: Path):
+def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial], float]:
+    """Optuna's objective: a trial is one fit run in ``study_dir`` with the trial's parameters (or seed); its value
+    is the run's final test accuracy (a repeat) or its validation metric (a search)."""
     from optuna_integration import PyTorchLightningPruningCallback
 
     def run_trial(trial: optuna.Trial) -> float:
@@ -204,7 +209,7 @@ def resident_mb() -> float | None:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribution):
+def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribution) -> Any:
     """Optuna's suggestion for one parameter of the space."""
     if isinstance(d, optuna.distributions.CategoricalDistribution):
         return trial.suggest_categorical(key, d.choices)
@@ -291,6 +296,7 @@ def waiting_line(study: optuna.Study, heartbeats: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fashion_cnn.study``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
     p = commands.parser("study", "Run a study file: repeated seeds or a search (Optuna); resumable, shareable.")
     p.add_argument("study_file", help="a study YAML file (see studies/)")
     p.add_argument("--dir", help="the study's directory (default: lightning_logs/studies/<name>)")
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"most {MAX_DEFAULT_WORKERS}, here {default_workers()}); 1 gives each trial every core")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between a running trial's heartbeats; silent for 3x this, it is retried")
-    p.add_argument("--worker", action="store_true", help=argparse_hidden())
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers must be at least 1, got {args.workers}")
@@ -322,12 +328,6 @@ def default_workers() -> int:
     """One single-threaded trial per usable core: these small networks use a second thread poorly, so on 2 cores two
     1-thread workers ran 1.07x the trials per hour of one 2-thread worker (docs/studies.md)."""
     return max(1, min(usable_cpus(), MAX_DEFAULT_WORKERS))
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _run(args, argv: list[str]) -> int:
