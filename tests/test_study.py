@@ -179,7 +179,7 @@ def test_killed_mid_trial_resumes_keeping_finished_trials(tmp_path):
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_study_stopped_mid_trial_says_so_in_one_line_and_resumes_it(tmp_path, sig, status):
     path = write_study(tmp_path / "stop.yaml", base="seed", repeat={"seeds": [0]},
-                       overrides={"trainer.max_epochs": 40})
+                       overrides={"trainer.max_epochs": 12})
     study_dir = tmp_path / "stop"
     # Ctrl-C's default given back: a shell starts background jobs with SIGINT ignored, and Python keeps that
     proc = subprocess.Popen([sys.executable, "-m", "fashion_cnn.study", str(path), "--dir", str(study_dir),
@@ -202,7 +202,7 @@ def test_a_study_stopped_mid_trial_says_so_in_one_line_and_resumes_it(tmp_path, 
     assert "continues from" in again.stdout
     finished = [t for t in trials(study_dir, "stop") if t.state == optuna.trial.TrialState.COMPLETE]
     assert [t.params["seed"] for t in finished] == [0]
-    assert len(scalars(study_dir / "lightning_logs" / "version_0")["test/acc"]) == 40  # each epoch logged once
+    assert len(scalars(study_dir / "lightning_logs" / "version_0")["test/acc"]) == 12  # each epoch logged once
 
 
 def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsys):
