@@ -324,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     return run(PROG, lambda: train(argv).status)
 
 
-def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = ()) -> FitResult:
+def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = (), how_to_continue: str | None = None
+          ) -> FitResult:
     """One fit run, as ``python -m fashion_cnn.fit ARGV`` does it, with ``callbacks`` added to the configured ones.
+    ``how_to_continue``: what a stopped run's message tells the user to do with its last.ckpt, for a caller that
+    resumes it its own way (a study's trial), instead of fit's ``--ckpt_path last``.
 
     Returns what it left (:class:`FitResult`); a problem with the inputs raises
     :class:`~fashion_cnn.errors.FashionCNNError`, a usage error ``SystemExit(2)``, and an exception raised by a
@@ -336,12 +339,13 @@ def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = ()) -
     # each other in cycles, so collect them at once: the memory then goes back before the interpreter's shutdown,
     # which is when a process that imported torch reaches its peak RSS (docs/performance.md).
     try:
-        return contextvars.copy_context().run(partial(_fit_and_test, argv, tuple(callbacks)))
+        return contextvars.copy_context().run(partial(_fit_and_test, argv, tuple(callbacks), how_to_continue))
     finally:
         gc.collect()
 
 
-def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()) -> FitResult:
+def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = (), how_to_continue: str | None = None
+                  ) -> FitResult:
     start = time.perf_counter()
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
     # argv is sys.argv with shipped config names resolved; Lightning would warn that both are given.
@@ -362,23 +366,23 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:  # Ctrl-C, where Lightning returns after its graceful shutdown
-            return _interrupted(trainer, start)
+            return _interrupted(trainer, start, how_to_continue)
         checkpoint = trainer.checkpoint_callback  # no best one (no validation split, or no epoch evaluated): last epoch
         best = "best" if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_path else None
         if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
             trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     except SIGTERMException:
         # Lightning stops at the next step and exits 0 by default; a scheduler must not take that as done.
-        print(f"{PROG}: stopped by SIGTERM; {_where_to_resume(trainer)}", file=sys.stderr)
+        print(f"{PROG}: stopped by SIGTERM; {_where_to_resume(trainer, how_to_continue)}", file=sys.stderr)
         return _result(TERMINATED, trainer, start)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DiskFull(f"no space left on the device while writing {err.filename or 'the run'}; free some space, "
-                       f"then {_where_to_resume(trainer)}") from None
+                       f"then {_where_to_resume(trainer, how_to_continue)}") from None
     except BaseException as err:
         if isinstance(err, SystemExit) and trainer.interrupted:  # Ctrl-C: Lightning 2.6 ends its shutdown with exit(1)
-            return _interrupted(trainer, start)
+            return _interrupted(trainer, start, how_to_continue)
         cli.release_new_run()
         # under ddp_spawn/ddp_fork the workers train: this process's global step stays 0 whatever they did
         if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
@@ -396,23 +400,24 @@ def _result(status: int, trainer: L.Trainer, start: float) -> FitResult:
     return FitResult(status, Path(log_dir).absolute() if log_dir else None, metrics, time.perf_counter() - start)
 
 
-def _interrupted(trainer: L.Trainer, start: float) -> FitResult:
+def _interrupted(trainer: L.Trainer, start: float, how_to_continue: str | None) -> FitResult:
     """Ctrl-C: status 130 (not Lightning's 1, which reads as bad input) and how to continue, in one line."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after the first one
-    print(f"{PROG}: interrupted; {_where_to_resume(trainer)}", file=sys.stderr)
+    print(f"{PROG}: interrupted; {_where_to_resume(trainer, how_to_continue)}", file=sys.stderr)
     return _result(INTERRUPTED, trainer, start)
 
 
-def _where_to_resume(trainer) -> str:
-    """How to continue a stopped run: from its last complete checkpoint, or from the start if it has none."""
+def _where_to_resume(trainer, how_to_continue: str | None = None) -> str:
+    """How to continue a stopped run: from its last complete checkpoint (``how_to_continue``, or fit's way), or from
+    the start if it has none."""
     checkpoint = trainer.checkpoint_callback
     path = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)  # last.ckpt, either way
     last = Path(path) if path else None
     if last is None or not last.is_file():
         return "it had saved no checkpoint yet: start it again"
     epoch = checkpoints.read(last)["epoch"] + 1
-    return (f"{last} (end of epoch {epoch}) is intact: continue with the same command and --ckpt_path last "
-            f"(or --ckpt_path {last})")
+    how = how_to_continue or f"continue with the same command and --ckpt_path last (or --ckpt_path {last})"
+    return f"{last} (end of epoch {epoch}) is intact: {how}"
 
 
 if __name__ == "__main__":

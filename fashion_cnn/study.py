@@ -40,6 +40,7 @@ PROG = "python -m fashion_cnn.study"
 SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
 DEFINITION = "definition"  # the study's user attribute that says what it is (study_file.Study.definition)
 PRECISION = "precision"  # the precision its trials train in on the machine that created it (Study.precision_here)
+AGAIN = "run the same study command again, and the trial continues from it"  # how a stopped trial goes on
 
 
 class StudyError(FashionCNNError):
@@ -175,7 +176,7 @@ def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=spec.metric))
         print(f"{PROG}: trial {trial.number}: {params}", flush=True)
         try:
-            result = fit.train(argv, callbacks=callbacks)
+            result = fit.train(argv, callbacks=callbacks, how_to_continue=AGAIN)
         except TrainingDiverged as err:  # a search's legitimate outcome: recorded as failed, said in one line
             print(f"{PROG}: trial {trial.number} diverged: {err}", flush=True)
             trial.set_user_attr("diverged", str(err))

@@ -197,6 +197,9 @@ def test_a_study_stopped_mid_trial_says_so_in_one_line_and_resumes_it(tmp_path, 
     said = [line for line in output if line.startswith("python -m fashion_cnn.study: stopped")]
     assert len(said) == 1 and "run the same command again" in said[0]
     assert "Traceback" not in "".join(output) and "failed" not in "".join(output)
+    # fit's own line names the trial's last.ckpt, and the study's way on, not fit's --ckpt_path
+    fit_said = [line for line in output if line.startswith("python -m fashion_cnn.fit: ")]
+    assert len(fit_said) == 1 and fit_said[0].rstrip().endswith(f"is intact: {study.AGAIN}"), fit_said
     again = cli(str(path), "--dir", str(study_dir))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "continues from" in again.stdout
