@@ -185,3 +185,14 @@ def test_net_step_times_the_configs_network_and_each_variant(capsys):
     assert lines[3].split()[0] == "precision=bf16-mixed" and "ms/step" in lines[3]
     with pytest.raises(SystemExit):
         net_step.main(["--option", "whiten"])
+
+
+def test_net_step_compiles_its_compile_variant_only(capsys, monkeypatch):
+    from benchmarks import net_step
+
+    compiled = []  # torch.compile itself is left out: it takes half a minute here, which is what --compile measures
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(type(self).__name__))
+    net_step.main(["--config", "tiny", "--compile", "--steps", "1", "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert compiled == ["StrongCNN"] and [line.split()[0] for line in lines[1:]] == ["config", "compile"]
+    assert "(warm-up round with compiling: " in lines[2] and "compiling" not in lines[1]
