@@ -4,14 +4,14 @@
     python -m benchmarks.net_step --config strong --precision 32-true --precision bf16-mixed
     python -m benchmarks.net_step --config strong --compile
 
-Each ``--option`` is one variant: the config's ``model.net`` with that init argument changed; each ``--precision``
-one more: the config's network in that precision (bf16-mixed runs emulated on a CPU without native bfloat16);
+Each ``--option`` is one variant: the config's ``model.net`` with that init argument changed; each ``--precision`` one
+more: the config's network in that precision (bf16-mixed runs emulated on a CPU without native bfloat16);
 ``--compile`` one more: the config's network compiled (``torch.compile``, as ``model.compile`` does; compiling happens
 in the warm-up round, and its seconds are printed). The steps are the config's (batch size, precision as fit would
 train in it on this CPU, memory format; SGD with Nesterov momentum) on random inputs, since a step's cost does not
-depend on the pixels, without Lightning, data loading or evaluation: what the network itself costs. The variants take turns, ``--steps`` steps each per round; the figure is
-the median over ``--rounds`` rounds after a warm-up, and a ratio is the median of the per-round ratios, so a slow
-spell on a shared machine scales both sides.
+depend on the pixels, without Lightning, data loading or evaluation: what the network itself costs. The variants take
+turns, ``--steps`` steps each per round; the figure is the median over ``--rounds`` rounds after a warm-up, and a
+ratio is the median of the per-round ratios, so a slow spell on a shared machine scales both sides.
 """
 
 from __future__ import annotations
