@@ -273,6 +273,8 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         if hparams.get("channels_last"):  # the memory format FashionClassifier trained and tested it in
             net = net.to(memory_format=torch.channels_last)
         data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
+        if not data_hparams.get("augment"):  # training-only options that did nothing (runs from before they were
+            data_hparams = {k: v for k, v in data_hparams.items() if k not in ("erase", "flip")}  # refused)
         datamodule = FashionMNISTDataModule(**data_hparams)
         mirror, shift = bool(hparams.get("eval_mirror")), int(hparams.get("final_shift") or 0)
         if mirror or shift:  # averaged over the views the run's final test averaged over

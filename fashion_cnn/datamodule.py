@@ -11,6 +11,7 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloa
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fashion_cnn.data_files import MEAN, STD, DataError, load_split, locate
+from fashion_cnn.errors import OptionsError
 
 
 class TensorImages(Dataset):
@@ -107,13 +108,13 @@ def hold_out(count: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, 
 def check_data_options(augment: bool, erase: float, flip: str, test: bool, val_size: int) -> None:
     """Refuse data options that parse but do nothing, or cannot work, together (before any data is read)."""
     if erase and not augment:
-        raise DataError(f"data.erase={erase} does nothing without augmentation: add data.augment=true "
+        raise OptionsError(f"data.erase={erase} does nothing without augmentation: add data.augment=true "
                         f"(or drop data.erase)")
     if flip != "random" and not augment:
-        raise DataError(f"data.flip={flip} does nothing without augmentation: add data.augment=true "
+        raise OptionsError(f"data.flip={flip} does nothing without augmentation: add data.augment=true "
                         f"(or drop data.flip)")
     if not test and not val_size:
-        raise DataError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
+        raise OptionsError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
 
 
 class FashionMNISTDataModule(L.LightningDataModule):

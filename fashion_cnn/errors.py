@@ -12,6 +12,11 @@ class FashionCNNError(Exception):
     """
 
 
+class OptionsError(FashionCNNError):
+    """Options that parse but cannot run together (``data.erase`` without ``data.augment``, say): the same options are
+    refused wherever they run, so a study records a trial refused this way instead of queueing it again."""
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's first non-blank line, its whitespace collapsed and cut to ``limit`` characters (its type's name
     when it has no message): the part of a library's error worth quoting inside a one-line message."""

@@ -34,8 +34,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from fashion_cnn import checkpoints
 from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, run
 from fashion_cnn.datamodule import FashionMNISTDataModule, check_data_options
-from fashion_cnn.errors import FashionCNNError
-from fashion_cnn.module import FashionClassifier
+from fashion_cnn.errors import FashionCNNError, OptionsError
+from fashion_cnn.module import FashionClassifier, check_optimizer_options
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROG = "python -m fashion_cnn.fit"
@@ -224,11 +224,12 @@ def check_values(config) -> None:
     only the values, so a study checks its trials' configs with it before training any."""
     max_epochs = config.trainer.max_epochs
     if max_epochs is not None and max_epochs <= 0:
-        raise ConfigError(f"trainer.max_epochs must be positive, got {max_epochs}")
+        raise OptionsError(f"trainer.max_epochs must be positive, got {max_epochs}")
     check_final_shift(config.model.final_shift, config.data.augment, config.data.max_shift)
+    check_optimizer_options(config.model.nesterov, config.model.momentum)
     for key in ("optimizer", "lr_scheduler"):  # in every config.yaml, as null: older runs' files must still parse
         if config.get(key) is not None:  # Lightning would replace the module's optimizer, ignoring model.lr
-            raise ConfigError(f"--{key} is not used by this project (it would silently replace the recipe's "
+            raise OptionsError(f"--{key} is not used by this project (it would silently replace the recipe's "
                               f"optimizer and schedule): set model.lr, model.momentum, model.nesterov, "
                               f"model.weight_decay and model.schedule instead")
     check_data_options(**{k: config.data[k] for k in ("augment", "erase", "flip", "test", "val_size")})
@@ -239,10 +240,10 @@ def check_final_shift(final_shift: int, augment: bool, max_shift: int) -> None:
     never saw, which lower the final test (2-pixel views after 1-pixel training did, docs/results.md) while the
     per-epoch tests, which leave them out, would not show it. ``evaluate --shift`` stays free to try them."""
     if final_shift and not augment:
-        raise ConfigError(f"model.final_shift={final_shift} is for networks trained with random shifts, and "
+        raise OptionsError(f"model.final_shift={final_shift} is for networks trained with random shifts, and "
                           f"data.augment is false: add data.augment=true, or set model.final_shift to 0")
     if final_shift > max_shift:
-        raise ConfigError(f"model.final_shift={final_shift} is larger than training's random shifts "
+        raise OptionsError(f"model.final_shift={final_shift} is larger than training's random shifts "
                           f"(data.max_shift={max_shift}): set model.final_shift to at most {max_shift}")
 
 

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_cnn.data_files import NUM_CLASSES
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, OptionsError
 from fashion_cnn.nets import SeedCNN, views
 
 METRIC_SPLITS = ("train", "val", "test")
@@ -31,6 +31,13 @@ def parameter_group_count(bn_bias_lr_scale: float) -> int:
 
 class TrainingDiverged(FashionCNNError):
     """The training loss became NaN or infinite."""
+
+
+def check_optimizer_options(nesterov: bool, momentum: float) -> None:
+    """Refuse Nesterov without momentum, which torch refuses only when the optimizer is made, after the data loaded."""
+    if nesterov and momentum == 0:
+        raise OptionsError("model.nesterov needs momentum: set model.momentum above 0 (e.g. 0.9) or model.nesterov "
+                           "false")
 
 
 class FashionClassifier(L.LightningModule):
@@ -82,12 +89,10 @@ class FashionClassifier(L.LightningModule):
         self.net = net if net is not None else SeedCNN()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if nesterov and momentum == 0:  # torch refuses it only when the optimizer is made, after the data loaded
-            raise FashionCNNError("model.nesterov needs momentum: set model.momentum above 0 (e.g. 0.9) or "
-                                  "model.nesterov false")
+        check_optimizer_options(nesterov, momentum)
         if bn_bias_lr_scale != 1 and not self._batchnorm_biases():
-            raise FashionCNNError(f"model.bn_bias_lr_scale={bn_bias_lr_scale} does nothing: the network has no "
-                                  f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")
+            raise OptionsError(f"model.bn_bias_lr_scale={bn_bias_lr_scale} does nothing: the network has no "
+                               f"BatchNorm layers; drop it (or use a network with BatchNorm, e.g. StrongCNN)")
         if compile:
             self.net.compile()
         self.losses_finite: torch.Tensor | None = None  # off the CPU: whether every unchecked step's loss was finite

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from fashion_cnn import commands, fit, study_file
 from fashion_cnn.checkpoints import load, newest, study_run_dir
-from fashion_cnn.errors import FashionCNNError, first_line
+from fashion_cnn.errors import FashionCNNError, OptionsError, first_line
 from fashion_cnn.module import TrainingDiverged
 
 PROG = "python -m fashion_cnn.study"
@@ -181,7 +181,11 @@ def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial
             print(f"{PROG}: trial {trial.number} diverged: {err}", flush=True)
             trial.set_user_attr("diverged", str(err))
             return float("nan")
-        except FashionCNNError:  # its data, its config, a full disk: the same trial runs again once it is fixed
+        except OptionsError as err:  # a search's values that cannot run together: would be refused again
+            print(f"{PROG}: trial {trial.number} refused: {err}", flush=True)
+            trial.set_user_attr("refused", str(err))
+            return float("nan")
+        except FashionCNNError:  # its data, a full disk, a checkpoint: the same trial runs again once it is fixed
             _run_again(trial)
             raise
         if result.status != 0:  # Ctrl-C or SIGTERM

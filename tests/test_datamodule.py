@@ -8,6 +8,7 @@ from torchvision.transforms import functional as TF
 
 from fashion_cnn.data_files import DataError
 from fashion_cnn.datamodule import EvalSampler, FashionMNISTDataModule, TensorImages, random_erase, random_shift_flip
+from fashion_cnn.errors import OptionsError
 from tests.helpers import FIXTURE
 
 
@@ -111,7 +112,7 @@ def test_random_erasing_zeroes_one_rectangle_of_the_erased_images_and_nothing_el
 
 
 def test_erase_without_augmentation_is_refused_in_one_line():
-    with pytest.raises(DataError, match=r"^data.erase=0.5 does nothing without augmentation: add data.augment=true"):
+    with pytest.raises(OptionsError, match=r"^data.erase=0.5 does nothing without augmentation: add data.augment=true"):
         FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, erase=0.5)
 
 
@@ -153,7 +154,7 @@ def test_without_the_test_set_only_validation_is_evaluated():
     assert dm.test_set is None and dm.eval_splits == ("val",) and len(dm.val_dataloader()) == 1
     with pytest.raises(DataError, match="does not use the test set"):
         dm.test_dataloader()
-    with pytest.raises(DataError, match="needs a validation split"):
+    with pytest.raises(OptionsError, match="needs a validation split"):
         FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, test=False)
 
 
@@ -185,7 +186,7 @@ def test_alternating_flips_flip_each_image_in_every_other_epoch():
 
 
 def test_alternating_flips_without_augmentation_are_refused_in_one_line():
-    with pytest.raises(DataError, match=r"^data.flip=alternate does nothing without augmentation: add data.augment"):
+    with pytest.raises(OptionsError, match=r"^data.flip=alternate does nothing without augmentation: add data.augment"):
         FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, flip="alternate")
 
 

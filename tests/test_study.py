@@ -5,6 +5,7 @@ killed mid-trial that resumes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from fashion_cnn import commands, fit, study, study_file
+from fashion_cnn.data_files import DataError
 from tests.helpers import FIXTURE, scalars, tree_digest
 
 ON_FIXTURE = {"data.data_dir": str(FIXTURE), "data.verify": False, "data.download": False,
@@ -440,6 +442,19 @@ def test_a_trial_refused_for_its_inputs_is_one_line_and_runs_once_they_are_fixed
     assert sorted(t.params["seed"] for t in finished) == [0, 1]  # the refused seed too, not only the next one
 
 
+@pytest.mark.parametrize(("error", "message", "kept"), [
+    (study.Stopped(130), "Trial 0 failed with parameters: {'seed': 0} because of the following error: ...", False),
+    (DataError("FashionMNIST not found"), "Trial 0 failed with parameters: {} because of ...", False),
+    (ValueError("a bug"), "Trial 0 failed with parameters: {} because of ...", True),  # a bug keeps its traceback
+    (None, "Trial 0 failed with value None.", False),  # what Optuna adds after a stopped trial's None
+    (None, "Trial 1 finished with value: 0.9 and parameters: {'seed': 1}.", True),
+])
+def test_optunas_trial_log_leaves_out_only_what_the_study_says_in_one_line(error, message, kept):
+    exc_info = (type(error), error, None) if error is not None else None
+    record = logging.LogRecord("optuna.study._optimize", logging.WARNING, __file__, 1, message, None, exc_info)
+    assert study._said_elsewhere(record) is kept
+
+
 def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tmp_path, capsys, monkeypatch):
     path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0]})
     url = f"journal:{tmp_path / 'journal.log'}"
@@ -454,6 +469,24 @@ def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tm
     said = capsys.readouterr().err.splitlines()
     assert said[-2].startswith("python -m fashion_cnn.study: waiting for trial(s) 0, running in other processes")
     assert "no heartbeats" in said[-2] and said[-1] == "python -m fashion_cnn.study: interrupted"
+
+
+def test_a_search_trial_whose_values_cannot_run_together_is_recorded_and_the_search_goes_on(tmp_path, capsys):
+    # both ends of the space run (erase 0 without augmentation, erase 0.5 with it); a mix in between does not
+    path = write_study(tmp_path / "mixed.yaml", base="seed", search={
+        "trials": 2, "val_size": 100, "pruner": "none",
+        "space": {"data.erase": {"low": 0.0, "high": 0.5}, "data.augment": {"choices": [False, True]}}})
+    study_dir = tmp_path / "mixed"
+    study_dir.mkdir()
+    created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
+    for erase, augment in ((0.3, False), (0.3, True)):
+        created.enqueue_trial({"data.erase": erase, "data.augment": augment})
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
+    first, second = trials(study_dir, "mixed")  # the refused one is not queued again: the search is not stuck on it
+    assert first.state == optuna.trial.TrialState.FAIL and "does nothing without augmentation" in first.user_attrs[
+        "refused"]
+    assert second.state == optuna.trial.TrialState.COMPLETE
+    assert "trial 0 refused: data.erase=0.3 does nothing without augmentation" in capsys.readouterr().out
 
 
 def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
