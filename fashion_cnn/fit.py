@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -219,7 +220,7 @@ def check_new_version(log_root: Path, version: int | str) -> None:
                           f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
 
 
-def check_values(config) -> None:
+def check_values(config: Namespace) -> None:
     """Refuse a parsed fit config (a jsonargparse Namespace) whose values parse but cannot run together; checks
     only the values, so a study checks its trials' configs with it before training any."""
     max_epochs = config.trainer.max_epochs

@@ -1,8 +1,9 @@
 """Learning curves of a run next to the notebook's: ``python -m fashion_cnn.report [--run lightning_logs/version_N]``.
 
 Reads the run's per-epoch ``test/loss`` and ``test/acc`` from its TensorBoard event files and draws them with the
-numbers the original notebook printed, into ``docs/learning_curves.png``, and writes the numbers it drew beside it
-(``docs/learning_curves.json``), so a figure quoted from it can be traced to a file and a command.
+numbers the original notebook printed, into ``learning_curves.png`` in the run's directory (or ``--out``; the
+README's is ``docs/learning_curves.png``), and writes the numbers it drew beside it (``learning_curves.json``), so a
+figure quoted from it can be traced to a file and a command.
 """
 
 from __future__ import annotations

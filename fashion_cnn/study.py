@@ -7,8 +7,9 @@ journal file on a shared filesystem, so processes on several machines can join o
 
 Resuming: run the same command again. Finished trials are kept. A trial whose process died (SIGKILL, a lost node)
 stops sending its heartbeat and, after ``3 x --heartbeat`` seconds, is retried: from its run's last.ckpt when it
-saved one (in the same run directory), else from the start. A trial stopped by Ctrl-C or SIGTERM is retried the
-same way on the next run (heartbeats and retries need an RDB storage: SQLite or a server).
+saved one (in the same run directory), else from the start (heartbeats need an RDB storage: SQLite or a server). A
+trial stopped by Ctrl-C or SIGTERM, or refused for its inputs (no dataset, a full disk), is retried the same way when
+the study runs again; a search trial whose values cannot run together is recorded as failed, and the search goes on.
 """
 
 from __future__ import annotations

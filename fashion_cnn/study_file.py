@@ -33,6 +33,7 @@ from typing import Any
 
 import optuna
 import yaml
+from lightning.pytorch.cli import LightningArgumentParser
 
 from fashion_cnn import fit
 from fashion_cnn.errors import FashionCNNError
@@ -251,7 +252,7 @@ class _CheckCLI(fit.FashionCLI):
     """Fit's CLI stopped once its config is parsed and its values checked (``SystemExit(0)``, as ``--print_config``
     stops), before it seeds or builds anything."""
 
-    def parse_arguments(self, parser, args) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         super().parse_arguments(parser, args)
         fit.check_values(self.config)
         raise SystemExit(0)
@@ -272,7 +273,9 @@ def check_fit_args(study: Study, bad) -> None:
                 _CheckCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False, args=argv,
                           parser_class=_CheckParser,
                           parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
-        except SystemExit:  # parsed and checked (_CheckParser raises on a parse error instead of exiting)
+        except SystemExit as done:  # parsed and checked (_CheckParser raises on a parse error instead of exiting)
+            if done.code:
+                raise
             continue
         except FashionCNNError as err:  # _Refused (the parser) or a value check
             raise bad(f"the fit config it makes is refused: {' '.join(str(err).split())}") from None
