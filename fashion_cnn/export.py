@@ -40,7 +40,11 @@ def export_torchscript(net: nn.Module, path: Path) -> Path:
         except (RuntimeError, torch.jit.frontend.FrontendError) as err:  # Python TorchScript does not take
             raise CommandError(f"TorchScript cannot compile this network ({first_line(err)}); export it with "
                                f"--formats onnx") from None
+    try:
         scripted.save(str(path))
+    except RuntimeError as err:  # torch's writer reports a full disk this way, not as an OSError
+        raise CommandError(f"cannot write {path.name} ({first_line(err)}); free some space or choose another "
+                           f"--out_dir") from None
     return path
 
 
@@ -90,7 +94,18 @@ def sidecar(loaded: Loaded, files: list[Path]) -> dict:
 def export(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[Path]:
     """Write the chosen formats and the JSON sidecar into ``out_dir``; returns the paths written. All or nothing:
     each file is written aside and moved into place once every one of them is, so a failed export leaves the files
-    of an earlier one as they were."""
+    of an earlier one as they were, and no directory it made."""
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    try:
+        return _write_together(loaded, out_dir, formats)
+    except BaseException:
+        for directory in made:  # deepest first, and only while empty
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        raise
+
+
+def _write_together(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[Path]:
     stem = loaded.path.stem
     net = loaded.net.eval()
     writers = {"torchscript": (export_torchscript, f"{stem}.torchscript.pt"), "onnx": (export_onnx, f"{stem}.onnx")}

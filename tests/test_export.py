@@ -104,15 +104,26 @@ class PythonOnly(torch.nn.Module):
         return self.fc(self.prepare(x))
 
 
-@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
-def test_a_network_that_cannot_be_exported_is_one_line_and_keeps_an_earlier_export(trained_run, tmp_path, capsys):
-    assert run_export(trained_run, tmp_path, "torchscript") == 0
-    before = tree_digest(tmp_path)
+def test_a_network_that_cannot_be_exported_is_one_line(trained_run, tmp_path):
     loaded = dataclasses.replace(load(best_checkpoint(trained_run)), net=PythonOnly())
     with pytest.raises(CommandError, match=r"^TorchScript cannot compile this network \(.+\); export it with "
                                            r"--formats onnx$"):
-        export.export(loaded, tmp_path, ["onnx", "torchscript"])  # ONNX first: its file is written aside, then dropped
-    assert tree_digest(tmp_path) == before  # the earlier export's files as they were, nothing left beside them
+        export.export(loaded, tmp_path / "new" / "export", ["torchscript"])
+    assert list(tmp_path.iterdir()) == []  # the directories it made are gone again
+
+
+def test_an_export_that_fails_midway_leaves_the_earlier_one_as_it_was(trained_run, tmp_path, monkeypatch):
+    assert run_export(trained_run, tmp_path, "torchscript") == 0
+    before = tree_digest(tmp_path)
+
+    def written_then_refused(net, path):
+        path.write_bytes(b"half an ONNX file")
+        raise CommandError("ONNX cannot export this network (a test)")
+
+    monkeypatch.setattr(export, "export_onnx", written_then_refused)
+    # TorchScript is written first (aside), then ONNX fails: neither replaces the earlier export's files
+    assert run_export(trained_run, tmp_path, "torchscript,onnx") == 1
+    assert tree_digest(tmp_path) == before  # nothing replaced, nothing left beside them (no .export-* directory)
 
 
 def test_onnx_without_its_packages_is_one_line_before_anything_is_written(trained_run, tmp_path, capsys,
