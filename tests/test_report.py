@@ -63,6 +63,17 @@ def test_a_directory_without_a_run_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no TensorBoard event files" in err and not (tmp_path / "x.png").exists()
 
 
+def test_a_run_whose_config_is_damaged_is_one_line_and_nothing_is_written(trained_run, tmp_path, capsys):
+    run = tmp_path / "version_0"
+    shutil.copytree(trained_run, run)
+    (run / "config.yaml").write_text("model: [\n")  # cut off mid-file
+    before = tree_digest(tmp_path)
+    assert report.main(["--run", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.yaml cannot be read" in err and "Traceback" not in err
+    assert tree_digest(tmp_path) == before
+
+
 def test_the_title_names_the_runs_network(trained_run, mirror_run, tmp_path):
     assert report.network(trained_run) == "SeedCNN" and report.network(mirror_run) == "StrongCNN"
     bare = tmp_path / "version_0"
