@@ -48,13 +48,13 @@ def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     ``mirror``: test-time augmentation, the mean of the logits of each image and of its left-right mirror image (for
     networks trained with horizontal flips, such as the strong config's), unless ``net`` is a
     :class:`~fashion_cnn.nets.ViewAverage` that already has them."""
-    device = next(net.parameters()).device
+    weight = next(net.parameters())  # inputs in its device and dtype (float64 under fit's 64-true, say)
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
     model = ViewAverage(net) if mirror and not (isinstance(net, ViewAverage) and net.mirror) else net
     try:
         with torch.inference_mode():
-            logits = [model(normalize(images[i : i + batch_size].to(device))).float().cpu()
+            logits = [model(normalize(images[i : i + batch_size].to(weight.device)).to(weight.dtype)).float().cpu()
                       for i in range(0, len(images), batch_size)]
     finally:
         net.train(was_training)

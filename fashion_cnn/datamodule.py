@@ -278,4 +278,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         flip = None
         if index and training:  # the first epoch's flips, then their opposite in every odd epoch
             flip = self.first_flips.to(index[0].device)[index[0]] ^ bool(self.trainer.current_epoch % 2)
-        return self.normalize(images, augment=self.hparams.augment and training, flip=flip), labels
+        images = self.normalize(images, augment=self.hparams.augment and training, flip=flip)
+        if self.trainer is not None:  # a "true" precision (64-true, 16-true) gets inputs in its dtype; mixed: as is
+            images = self.trainer.precision_plugin.convert_input(images)
+        return images, labels

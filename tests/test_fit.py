@@ -240,6 +240,13 @@ def test_every_shipped_config_trains_and_tests(config, workdir):
     assert (result.run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.parametrize("precision", ["64-true", "16-true"])
+def test_a_true_precision_feeds_the_network_inputs_of_its_dtype(workdir, precision):
+    # the batches are made float32 after the transfer, and the pictures of the last epoch are drawn outside the loop
+    result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--trainer.precision", precision])
+    assert result.status == 0 and 0.0 <= result.metrics["final/test_acc"] <= 1.0
+
+
 @pytest.mark.parametrize(("precision", "native", "used"), [
     ("bf16-mixed", False, "32-true"), ("bf16-mixed", True, "bf16-mixed"), ("32-true", False, "32-true")])
 def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, capsys, monkeypatch, precision, native,
