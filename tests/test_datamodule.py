@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from torchvision.transforms import functional as TF
 
 from fashion_cnn.data_files import DataError
@@ -162,7 +163,8 @@ def test_alternating_flips_flip_each_image_in_every_other_epoch():
     dm = FashionMNISTDataModule(data_dir=str(FIXTURE), verify=False, download=False, augment=True, max_shift=0,
                                 flip="alternate")
     dm.setup()
-    dm.trainer = type("Trainer", (), {"training": True, "current_epoch": 0})()  # what the hook reads
+    dm.trainer = type("Trainer", (), {"training": True, "current_epoch": 0,  # what the hook reads
+                                      "precision_plugin": Precision()})()
     index = torch.arange(64)
     images, labels, got = dm.train_set.__getitems__(index.tolist())
     assert torch.equal(got, index)
