@@ -109,10 +109,10 @@ def check_data_options(augment: bool, erase: float, flip: str, test: bool, val_s
     """Refuse data options that parse but do nothing, or cannot work, together (before any data is read)."""
     if erase and not augment:
         raise OptionsError(f"data.erase={erase} does nothing without augmentation: add data.augment=true "
-                        f"(or drop data.erase)")
+                           f"(or drop data.erase)")
     if flip != "random" and not augment:
         raise OptionsError(f"data.flip={flip} does nothing without augmentation: add data.augment=true "
-                        f"(or drop data.flip)")
+                           f"(or drop data.flip)")
     if not test and not val_size:
         raise OptionsError("data.test=false needs a validation split to evaluate: set data.val_size (e.g. 5000)")
 

@@ -231,8 +231,8 @@ def check_values(config: Namespace) -> None:
     for key in ("optimizer", "lr_scheduler"):  # in every config.yaml, as null: older runs' files must still parse
         if config.get(key) is not None:  # Lightning would replace the module's optimizer, ignoring model.lr
             raise OptionsError(f"--{key} is not used by this project (it would silently replace the recipe's "
-                              f"optimizer and schedule): set model.lr, model.momentum, model.nesterov, "
-                              f"model.weight_decay and model.schedule instead")
+                               f"optimizer and schedule): set model.lr, model.momentum, model.nesterov, "
+                               f"model.weight_decay and model.schedule instead")
     check_data_options(**{k: config.data[k] for k in ("augment", "erase", "flip", "test", "val_size")})
 
 
@@ -242,10 +242,10 @@ def check_final_shift(final_shift: int, augment: bool, max_shift: int) -> None:
     per-epoch tests, which leave them out, would not show it. ``evaluate --shift`` stays free to try them."""
     if final_shift and not augment:
         raise OptionsError(f"model.final_shift={final_shift} is for networks trained with random shifts, and "
-                          f"data.augment is false: add data.augment=true, or set model.final_shift to 0")
+                           f"data.augment is false: add data.augment=true, or set model.final_shift to 0")
     if final_shift > max_shift:
         raise OptionsError(f"model.final_shift={final_shift} is larger than training's random shifts "
-                          f"(data.max_shift={max_shift}): set model.final_shift to at most {max_shift}")
+                           f"(data.max_shift={max_shift}): set model.final_shift to at most {max_shift}")
 
 
 def cpu_has_bfloat16() -> bool:

@@ -178,13 +178,11 @@ def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial
         print(f"{PROG}: trial {trial.number}: {params}", flush=True)
         try:
             result = fit.train(argv, callbacks=callbacks, how_to_continue=AGAIN)
-        except TrainingDiverged as err:  # a search's legitimate outcome: recorded as failed, said in one line
-            print(f"{PROG}: trial {trial.number} diverged: {err}", flush=True)
-            trial.set_user_attr("diverged", str(err))
-            return float("nan")
-        except OptionsError as err:  # a search's values that cannot run together: would be refused again
-            print(f"{PROG}: trial {trial.number} refused: {err}", flush=True)
-            trial.set_user_attr("refused", str(err))
+        # a search's legitimate outcomes, which the same values would meet again: recorded as failed, in one line
+        except (TrainingDiverged, OptionsError) as err:
+            what = "diverged" if isinstance(err, TrainingDiverged) else "refused"
+            print(f"{PROG}: trial {trial.number} {what}: {err}", flush=True)
+            trial.set_user_attr(what, str(err))
             return float("nan")
         except FashionCNNError:  # its data, a full disk, a checkpoint: the same trial runs again once it is fixed
             _run_again(trial)
