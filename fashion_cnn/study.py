@@ -41,6 +41,7 @@ PROG = "python -m fashion_cnn.study"
 SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
 DEFINITION = "definition"  # the study's user attribute that says what it is (study_file.Study.definition)
 PRECISION = "precision"  # the precision its trials train in on the machine that created it (Study.precision_here)
+WAIT_POLL_S = 1  # seconds between a waiting worker's looks at the trials running elsewhere
 AGAIN = "run the same study command again, and the trial continues from it"  # how a stopped trial goes on
 
 
@@ -283,7 +284,7 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
             if not said_waiting:  # the rest are running elsewhere (or are stale and will be retried)
                 print(waiting_line(study, heartbeats), file=sys.stderr, flush=True)
                 said_waiting = True
-            time.sleep(heartbeat)
+            time.sleep(min(heartbeat, WAIT_POLL_S))  # the command ends with its last worker: no heartbeat late
             continue
         study.optimize(run_trial, n_trials=1)
 

@@ -471,6 +471,21 @@ def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tm
     assert "no heartbeats" in said[-2] and said[-1] == "python -m fashion_cnn.study: interrupted"
 
 
+def test_a_worker_waiting_for_the_last_trial_ends_within_a_second_of_it_not_a_heartbeat(tmp_path, monkeypatch):
+    spec = study_file.load(write_study(tmp_path / "wait.yaml", repeat={"seeds": [0]}))
+    created = study.open_study(spec, study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10))
+    elsewhere = created.ask()  # seed 0, running in another worker
+    slept = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        created.tell(elsewhere, 0.9)  # ... which finishes while this worker waits
+
+    monkeypatch.setattr(study.time, "sleep", sleep)
+    study.work(spec, created, tmp_path, heartbeat=10)
+    assert slept == [study.WAIT_POLL_S] and study.WAIT_POLL_S <= 1
+
+
 def test_a_search_trial_whose_values_cannot_run_together_is_recorded_and_the_search_goes_on(tmp_path, capsys):
     # both ends of the space run (erase 0 without augmentation, erase 0.5 with it); a mix in between does not
     path = write_study(tmp_path / "mixed.yaml", base="seed", search={
