@@ -112,11 +112,12 @@ class HParamsSummary(L.Callback):
         logger = tensorboard_logger(trainer)
         if not trainer.is_global_zero or logger is None or not metrics:
             return
-        params = {**_flat(dict(pl_module.hparams), "model"), "trainer.max_epochs": trainer.max_epochs}
+        params = {**flatten(dict(pl_module.hparams), "model."), "trainer.max_epochs": trainer.max_epochs}
         if trainer.datamodule is not None:
-            params.update(_flat(dict(trainer.datamodule.hparams), "data"))
+            params.update(flatten(dict(trainer.datamodule.hparams), "data."))
         if "PL_GLOBAL_SEED" in os.environ:  # set by seed_everything
             params["seed_everything"] = int(os.environ["PL_GLOBAL_SEED"])
+        params = {k: "None" if v is None else v for k, v in params.items()}  # TensorBoard: str, int, float, bool
         # SummaryWriter.file_writer: the event file of the run itself (add_hparams would start a new run directory);
         # tests/test_pictures.py reads the HPARAMS tab back, so a change in torch's writer shows there.
         for summary in hparams(params, metrics):
@@ -124,14 +125,16 @@ class HParamsSummary(L.Callback):
         logger.experiment.flush()
 
 
-def _flat(values: dict[str, Any], prefix: str) -> dict[str, str | int | float | bool]:
-    """Nested hparams as ``prefix.key.subkey`` scalars; TensorBoard accepts only str/int/float/bool values."""
-    out: dict[str, str | int | float | bool] = {}
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``prefix + "a.b.c"`` keys, each value kept if it is a plain scalar or None, else its
+    ``str``; keys such as LightningCLI's ``_instantiator`` (bookkeeping, not an option) are left out."""
+    out: dict[str, Any] = {}
     for key, value in values.items():
-        if key.startswith("_"):  # LightningCLI bookkeeping such as _instantiator
+        if str(key).startswith("_"):
             continue
+        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}.{key}"))
+            out.update(flatten(value, f"{name}."))
         else:
-            out[f"{prefix}.{key}"] = value if isinstance(value, str | int | float | bool) else str(value)
+            out[name] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)
     return out

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, commands, figures, nets
+from fashion_cnn.callbacks import flatten
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
 
@@ -48,18 +49,6 @@ class Run:
     best_val: float | None
     wall_s: float
     complete: bool = True
-
-
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``prefix + "a.b.c"`` keys, each value kept if it is a plain scalar, else its ``str``."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)
-    return out
 
 
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
