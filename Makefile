@@ -9,6 +9,8 @@ DATA_DIR ?= data
 PORT     ?= 6006
 RUN      ?=
 STUDY    ?= studies/fast_repeats.yaml
+# make test on one process per core, at most 4 (pytest-xdist); a test's subprocesses and memory grow with each
+TEST_JOBS ?= -n auto --maxprocesses 4
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Study files name no data_dir (their base configs say data/): a DATA_DIR elsewhere reaches their runs this way
 STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR=$(abspath $(DATA_DIR)) )$(PY)
@@ -43,15 +45,15 @@ train: data ## Train an experiment (default: the notebook's, 40 epochs) into lig
 study: data ## Run a study file: repeated seeds or a search (STUDY=studies/fast_search.yaml); resumable
 	$(STUDY_PY) -m fashion_cnn.study $(STUDY) $(ARGS)
 
-test: setup ## Run the test suite (fast, offline, CPU)
-	$(PY) -m pytest -q
+test: setup ## Run the test suite (fast, offline, CPU; TEST_JOBS='' runs it in one process)
+	$(PY) -m pytest -q $(TEST_JOBS)
 
 test-slow: setup ## Run only the long tests (full-data training)
 	$(PY) -m pytest -q -m slow
 
 FLOORS := .venv-floors
 test-floors: $(FLOORS)/.installed ## Run the tests against the lowest dependency versions pyproject allows
-	$(FLOORS)/bin/python -m pytest -q
+	$(FLOORS)/bin/python -m pytest -q $(TEST_JOBS)
 
 $(FLOORS)/.installed: pyproject.toml requirements/floors.txt
 	@test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
