@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from matplotlib.figure import Figure
+from optuna.storages import BaseStorage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, commands, figures, nets
@@ -98,17 +100,19 @@ def read_run(path: Path, complete: bool = True) -> Run:
     return Run(path, config, test, val, (max(times) - min(times)) if times else 0.0, complete)
 
 
-def collect(target: Path, storage: str | None = None, study_name: str | None = None) -> list[Run]:
-    """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete)."""
+def collect(target: Path, storage: str | BaseStorage | None = None, study_name: str | None = None) -> list[Run]:
+    """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete).
+    ``storage``: the study's Optuna storage, opened or as a URL (``journal:PATH`` too), when not its study.db."""
     db = target / "study.db"
     if storage or db.is_file():
-        import optuna
+        from fashion_cnn.study import open_storage  # here: study imports this module
 
-        url = storage or f"sqlite:///{db}"
-        names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(url)]
+        if not isinstance(storage, BaseStorage):
+            storage = open_storage(storage or f"sqlite:///{db}")
+        names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(storage)]
         runs = []
         for name in names:
-            for trial in optuna.load_study(study_name=name, storage=url).trials:
+            for trial in optuna.load_study(study_name=name, storage=storage).trials:
                 run_dir = trial.user_attrs.get("run_dir")
                 done = trial.state == optuna.trial.TrialState.COMPLETE
                 if run_dir and (done or trial.state == optuna.trial.TrialState.PRUNED):
@@ -262,7 +266,7 @@ def figure(runs: list[Run]) -> Figure:
     return fig
 
 
-def report(targets: list[Path], out: Path | None = None, storage: str | None = None,
+def report(targets: list[Path], out: Path | None = None, storage: str | BaseStorage | None = None,
            study_name: str | None = None, baseline: list[Path] | None = None) -> str:
     """The Markdown comparison of ``targets`` (and of ``baseline``, with each group's gain over it); also saved
     (with the PNG) as ``comparison.md`` and ``.png`` in ``out`` (default: the first target's directory).
@@ -321,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, action="append",
                    help="a run or study to compare every group with, paired by seed; repeat it for one config's "
                         "seeds spread over several studies")
+    p.add_argument("--storage", help="the Optuna storage of the study directories given, where it is not their "
+                   "study.db: journal:PATH, or a server's URL (as given to python -m fashion_cnn.study)")
     args = p.parse_args(argv)
-    return commands.run(PROG, lambda: print(report(args.targets, args.out, baseline=args.baseline)) or 0)
+    return commands.run(PROG, lambda: print(report(args.targets, args.out, args.storage, baseline=args.baseline)) or 0)
 
 
 if __name__ == "__main__":

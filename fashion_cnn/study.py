@@ -49,8 +49,9 @@ class StudyError(FashionCNNError):
     """A study that cannot be run or joined as asked."""
 
 
-def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; a problem reaching it is one line, before any work."""
+def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; a problem reaching it is one line, before any work. ``heartbeat``: the
+    seconds between a running trial's heartbeats, for a storage that runs trials (None: one that reads them)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
     try:
         if url.startswith("journal:"):
@@ -58,12 +59,14 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
 
             path = Path(url.removeprefix("journal:"))
             if not path.parent.is_dir():
-                raise OSError(f"{path.parent} is not a directory")
+                raise OSError(f"{path.parent} is not a directory (make it first)")
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         sqlite = url.startswith("sqlite")
+        beats = {} if heartbeat is None else {
+            "heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3)}
         storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **beats)
         if sqlite:
             _serialize_sqlite(storage.engine)
         return storage
@@ -357,7 +360,7 @@ def _run(args, argv: list[str]) -> int:
     if not args.worker:
         from fashion_cnn import compare
 
-        print(compare.report([study_dir], storage=url, study_name=spec.name), flush=True)
+        print(compare.report([study_dir], storage=storage, study_name=spec.name), flush=True)
         if spec.is_search:
             print(winner(spec, study, study_dir), flush=True)
     return 0

@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from fashion_cnn import commands, fit, study, study_file
+from fashion_cnn import commands, compare, fit, study, study_file
 from fashion_cnn.data_files import DataError
 from tests.helpers import FIXTURE, scalars, tree_digest
 
@@ -469,6 +469,21 @@ def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tm
     said = capsys.readouterr().err.splitlines()
     assert said[-2].startswith("python -m fashion_cnn.study: waiting for trial(s) 0, running in other processes")
     assert "no heartbeats" in said[-2] and said[-1] == "python -m fashion_cnn.study: interrupted"
+
+
+def test_a_study_on_a_journal_file_runs_to_its_table_and_compare_reads_it(tmp_path, capsys):
+    # the shared-filesystem setup of docs/studies.md: its report read the journal as if it were a database URL
+    path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0]})
+    study_dir = tmp_path / "shared"
+    study_dir.mkdir()
+    url = f"journal:{study_dir / 'journal.log'}"
+    assert study.main([str(path), "--dir", str(study_dir), "--storage", url, "--workers", "1"]) == 0
+    assert "| (same config) | 1 |" in capsys.readouterr().out and not (study_dir / "study.db").exists()
+    assert compare.main([str(study_dir), "--storage", url, "--out", str(tmp_path / "cmp")]) == 0
+    assert "| (same config) | 1 |" in capsys.readouterr().out
+    assert compare.main([str(study_dir), "--storage", f"journal:{tmp_path}/nowhere/j.log"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the storage journal:" in err and "make it first" in err
 
 
 def test_a_worker_waiting_for_the_last_trial_ends_within_a_second_of_it_not_a_heartbeat(tmp_path, monkeypatch):
