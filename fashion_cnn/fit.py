@@ -27,7 +27,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -83,8 +83,11 @@ class FashionCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="resume training from this checkpoint; `last`: the newest run's last.ckpt")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        check_values(self.config)  # here, before LightningCLI seeds with seed_everything
+
     def before_instantiate_classes(self) -> None:
-        check_values(self.config)
         trainer = self.config.trainer
         logger, log_root = trainer.logger, _log_root(trainer.logger)
         if log_root is not None:
@@ -220,12 +223,18 @@ def check_new_version(log_root: Path, version: int | str) -> None:
                           f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
 
 
+MAX_SEED = 2**32 - 1  # Lightning seeds numpy too, whose seeds are 32-bit
+
+
 def check_values(config: Namespace) -> None:
     """Refuse a parsed fit config (a jsonargparse Namespace) whose values parse but cannot run together; checks
     only the values, so a study checks its trials' configs with it before training any."""
     max_epochs = config.trainer.max_epochs
     if max_epochs is not None and max_epochs <= 0:
         raise OptionsError(f"trainer.max_epochs must be positive, got {max_epochs}")
+    seed = config.seed_everything
+    if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        raise OptionsError(f"seed_everything must be between 0 and {MAX_SEED} (numpy's seeds), got {seed}")
     check_final_shift(config.model.final_shift, config.data.augment, config.data.max_shift)
     check_optimizer_options(config.model.nesterov, config.model.momentum)
     for key in ("optimizer", "lr_scheduler"):  # in every config.yaml, as null: older runs' files must still parse

@@ -191,6 +191,14 @@ def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial
         except FashionCNNError:  # its data, a full disk, a checkpoint: the same trial runs again once it is fixed
             _run_again(trial)
             raise
+        except SystemExit as usage:
+            if not usage.code:
+                raise
+            # fit's parser refused the trial's config and said why (its base config edited since the study checked
+            # the space, say): recorded as refused, and the search goes on
+            print(f"{PROG}: trial {trial.number} refused: fit could not parse its config (the line above)", flush=True)
+            trial.set_user_attr("refused", "fit could not parse its config")
+            return float("nan")
         if result.status != 0:  # Ctrl-C or SIGTERM
             _run_again(trial)
             raise Stopped(result.status)

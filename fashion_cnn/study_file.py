@@ -9,8 +9,8 @@
     # or
     search:
       trials: 30
-      metric: val/acc               # selected on the validation split; the test set is never read
-      direction: maximize
+      metric: val/acc               # or val/loss, train/acc, train/loss; the test set is never read
+      direction: maximize           # the default for an accuracy; minimize for a loss
       val_size: 5000                # data.val_size held out of the training set for every trial
       pruner: median                # median, hyperband, none; or {type: median, n_warmup_steps: 2, ...}
       space:
@@ -33,7 +33,8 @@ from typing import Any
 
 import optuna
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser
+from optuna.distributions import CategoricalDistribution
 
 from fashion_cnn import fit
 from fashion_cnn.errors import FashionCNNError
@@ -41,6 +42,7 @@ from fashion_cnn.errors import FashionCNNError
 PRUNERS = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
            "none": optuna.pruners.NopPruner}
 TOP_KEYS = {"name", "base", "overrides", "repeat", "search"}
+METRICS = {"val/acc": "maximize", "val/loss": "minimize", "train/acc": "maximize", "train/loss": "minimize"}
 SEARCH_KEYS = {"trials", "metric", "direction", "val_size", "pruner", "space"}
 
 
@@ -168,6 +170,8 @@ def load(path: str | Path) -> Study:
             raise bad("repeat.seeds must be a non-empty list of integer seeds")
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
             raise bad(f"repeat.seeds must be distinct integers, got {seeds}")
+        if outside := [s for s in seeds if not 0 <= s <= fit.MAX_SEED]:
+            raise bad(f"repeat.seeds must be between 0 and {fit.MAX_SEED}, got {outside[0]}")
         study.seeds = seeds
     else:
         _search(raw["search"], study, bad)
@@ -193,12 +197,17 @@ def _search(search: Any, study: Study, bad) -> None:
         raise bad(f"search.trials must be a positive integer, got {trials!r}")
     study.trials = trials
     study.metric = str(search.get("metric", study.metric))
-    study.direction = str(search.get("direction", study.direction))
-    if study.direction not in ("maximize", "minimize"):
-        raise bad(f"search.direction must be maximize or minimize, got {study.direction!r}")
-    if not study.metric.startswith(("val/", "train/")):
+    if study.metric.startswith(("test/", "final/")):
         raise bad(f"search.metric must be a validation (val/...) or training metric, got {study.metric!r}: "
                   f"a search never reads the test set")
+    if study.metric not in METRICS:  # another name would train every trial and then have no value to compare
+        raise bad(f"search.metric must be one that fit logs ({', '.join(METRICS)}), got {study.metric!r}")
+    study.direction = str(search.get("direction", METRICS[study.metric]))
+    if study.direction not in ("maximize", "minimize"):
+        raise bad(f"search.direction must be maximize or minimize, got {study.direction!r}")
+    if study.direction != METRICS[study.metric]:
+        raise bad(f"search.direction {study.direction} of {study.metric} would pick the worst trial: set "
+                  f"{METRICS[study.metric]}, or leave it out")
     study.val_size = search.get("val_size", study.val_size)
     if not isinstance(study.val_size, int) or study.val_size < 1:
         raise bad(f"search.val_size must be a positive number of images, got {study.val_size!r}")
@@ -222,12 +231,15 @@ def _distribution(key: str, spec: Any, bad) -> optuna.distributions.BaseDistribu
     if isinstance(spec, dict) and "choices" in spec:
         if not isinstance(spec["choices"], list) or not spec["choices"]:
             raise bad(f"{where}: choices must be a non-empty list")
-        return optuna.distributions.CategoricalDistribution(spec["choices"])
+        return CategoricalDistribution(spec["choices"])
     if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log", "step"}:
         raise bad(f"{where}: expected {{low, high}} (with log: true or step) or {{choices: [...]}}, got {spec!r}")
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
-        raise bad(f"{where}: low and high must be numbers, got {low!r} and {high!r}")
+        raise bad(f"{where}: low and high must be numbers, got {low!r} and {high!r} (YAML reads 1e-3 as text: "
+                  f"write 1.0e-3)")
+    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0 or log):
+        raise bad(f"{where}: step must be a positive number, without log: true, got {step!r}")
     if low >= high:
         raise bad(f"{where}: empty or inverted range: low {low} must be below high {high}")
     if log and low <= 0:
@@ -252,19 +264,21 @@ class _CheckCLI(fit.FashionCLI):
     """Fit's CLI stopped once its config is parsed and its values checked (``SystemExit(0)``, as ``--print_config``
     stops), before it seeds or builds anything."""
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
-        super().parse_arguments(parser, args)
-        fit.check_values(self.config)
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)  # fit's, which checks the values too
         raise SystemExit(0)
 
 
 def check_fit_args(study: Study, bad) -> None:
     """Parse the fit configs of the trials at the two ends of the space (each parameter at its low end or first
-    choice, then at its high end or last choice) and check their values, without running anything, so that an
-    unknown key, a value of the wrong type or values that cannot run together are reported before any training."""
-    ends = [{k: d.choices[end] if isinstance(d, optuna.distributions.CategoricalDistribution) else (d.low, d.high)[end]
-             for k, d in study.space.items()} for end in (0, -1)] if study.space else [{"seed": study.seeds[0]}]
-    for params in ends:
+    choice, then at its high end or last choice), and of each choice in between (the rest at their low end), and
+    check their values, without running anything, so that an unknown key, a value of the wrong type or values that
+    cannot run together are reported before any training."""
+    categorical = {k: d.choices for k, d in study.space.items() if isinstance(d, CategoricalDistribution)}
+    checked = [{k: categorical[k][end] if k in categorical else (d.low, d.high)[end] for k, d in study.space.items()}
+               for end in (0, -1)] if study.space else [{"seed": study.seeds[0]}]
+    checked += [{**checked[0], k: choice} for k, choices in categorical.items() for choice in choices[1:-1]]
+    for params in checked:
         argv = fit.resolve_config_names(study.fit_args(params))
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \

@@ -91,6 +91,8 @@ def test_command_line_overrides_reach_the_run(workdir):
         (["--model.lrr", "0.1"], "model.lrr"),
         (["--trainer.max_epochs", "0"], "max_epochs must be positive"),
         (["--trainer.max_epochs", "-3"], "max_epochs must be positive"),
+        (["--seed_everything", "-1"], "seed_everything must be between 0 and 4294967295"),
+        (["--seed_everything", str(2**32)], "seed_everything must be between 0 and 4294967295"),
         (["--model.lr", "abc"], "model.lr"),
         (["--data.val_size", "-1"], "data.val_size"),
         (["--model.schedule", "cosine"], "model.schedule"),

@@ -55,6 +55,17 @@ SPACE = {"model.lr": {"low": 0.01, "high": 0.2, "log": True}}
     ({"search": {"trials": 2, "space": {"data.batch_size": {"choices": []}}}}, "non-empty list"),
     ({"search": {"trials": 0, "space": SPACE}}, "search.trials must be a positive integer"),
     ({"search": {"trials": 2, "metric": "test/acc", "space": SPACE}}, "never reads the test set"),
+    ({"search": {"trials": 2, "metric": "val/accuracy", "space": SPACE}}, "must be one that fit logs (val/acc"),
+    ({"search": {"trials": 2, "metric": "val/loss", "direction": "maximize", "space": SPACE}},
+     "maximize of val/loss would pick the worst trial"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.01, "high": 0.5, "log": True, "step": 0.01}}}},
+     "step must be a positive number, without log: true"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.01, "high": 0.5, "step": 0}}}}, "step must be a posi"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": "1e-3", "high": 0.5}}}}, "write 1.0e-3"),
+    # a choice fit refuses, between two it takes: every choice is parsed, not only the first and last
+    ({"search": {"trials": 2, "space": {"model.schedule": {"choices": ["constant", "cosine", "onecycle"]}}}},
+     "model.schedule"),
+    ({"repeat": {"seeds": [-1, 0]}}, "repeat.seeds must be between 0 and 4294967295, got -1"),
     ({"repeat": {"seeds": []}}, "repeat.seeds must be a non-empty list"),
     ({"repeat": {"seeds": [0]}, "search": {"trials": 1, "space": SPACE}}, "exactly one of"),
     ({"base": "nope", "repeat": {"seeds": [0]}}, "base 'nope'"),
@@ -517,6 +528,25 @@ def test_a_search_trial_whose_values_cannot_run_together_is_recorded_and_the_sea
         "refused"]
     assert second.state == optuna.trial.TrialState.COMPLETE
     assert "trial 0 refused: data.erase=0.3 does nothing without augmentation" in capsys.readouterr().out
+
+
+def test_a_trial_whose_config_fit_cannot_parse_is_recorded_and_the_search_goes_on(tmp_path, capsys, monkeypatch):
+    # as if its base config had been edited after the study checked the space: fit's parser exits in the trial
+    monkeypatch.setattr(study_file, "check_fit_args", lambda spec, bad: None)
+    path = write_study(tmp_path / "parse.yaml", base="seed", search={
+        "trials": 2, "val_size": 100, "pruner": "none",
+        "space": {"model.schedule": {"choices": ["constant", "cosine"]}}})
+    study_dir = tmp_path / "parse"
+    study_dir.mkdir()
+    created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
+    for schedule in ("cosine", "constant"):
+        created.enqueue_trial({"model.schedule": schedule})
+    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
+    first, second = trials(study_dir, "parse")
+    assert first.state == optuna.trial.TrialState.FAIL and "fit could not parse" in first.user_attrs["refused"]
+    assert second.state == optuna.trial.TrialState.COMPLETE
+    captured = capsys.readouterr()
+    assert "trial 0 refused: fit could not parse its config" in captured.out and "cosine" in captured.err
 
 
 def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
