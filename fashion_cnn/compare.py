@@ -252,11 +252,14 @@ def figure(runs: list[Run]) -> Figure:
         return fig
     fig = figures.figure(max(5.0, 3.6 * len(keys)), 3.6)
     for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys, strict=True):
-        for done, marker in ((True, "o"), (False, "x")):
-            pts = [(r.config.get(key), 100 * r.best_val) for r in runs if r.complete == done and r.best_val]
+        numeric = all(isinstance(r.config.get(key), int | float) and not isinstance(r.config.get(key), bool)
+                      for r in runs)
+        for done, marker in ((True, "o"), (False, "x")):  # a key that is not a number throughout: its values as text
+            pts = [(r.config.get(key) if numeric else str(r.config.get(key)), 100 * r.best_val) for r in runs
+                   if r.complete == done and r.best_val]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker, alpha=0.7, label="complete" if done else "pruned")
-        xs = [r.config.get(key) for r in runs if isinstance(r.config.get(key), int | float)]
+        xs = [r.config.get(key) for r in runs] if numeric else []
         if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
         ax.set_xlabel(key)
@@ -291,13 +294,13 @@ def report(targets: list[Path], out: Path | None = None, storage: str | BaseStor
     runs = list({r.path.resolve(): r for r in runs}.values())  # the baseline may be a target too
     if not runs:
         raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}")
-    text = table(runs, base_runs)
+    text, fig = table(runs, base_runs), figure(runs)  # both made before anything is written
     out = Path(out or targets[0])
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "comparison.md").write_text(text + "\n")
         (out / "comparison.json").write_text(json.dumps(per_run(runs), indent=1) + "\n")
-        png = figures.save(figure(runs), out / "comparison.png")
+        png = figures.save(fig, out / "comparison.png")
     except OSError as err:
         raise commands.CommandError(f"cannot write the comparison to {out} ({err.strerror or err}); "
                                     f"choose a writable directory with --out") from None

@@ -365,6 +365,19 @@ def test_runs_that_differ_by_a_callback_are_told_apart_by_it():
     assert differing_keys(runs) == ["trainer.callbacks.EMAWeightAveraging"]
 
 
+def test_single_runs_that_differ_by_a_value_of_mixed_types_are_plotted_as_text():
+    from fashion_cnn.compare import Run, figure
+
+    # seed.yaml's precision is null, fast's "32-true"; a callback only one run has is missing (None) in the other
+    configs = [{"trainer.precision": None, "model.lr": 0.01}, {"trainer.precision": "32-true", "model.lr": 0.1},
+               {"trainer.precision": True, "model.lr": 1}]
+    runs = [Run(Path(f"/{i}"), config, None, 0.8 + i / 100, 1.0) for i, config in enumerate(configs)]
+    fig = figure(runs)
+    lr, precision = fig.axes  # in the order of their keys
+    assert [t.get_text() for t in precision.get_xticklabels()] == ["None", "32-true", "True"]
+    assert lr.get_xscale() == "log"  # numbers stay numbers
+
+
 def test_options_added_since_a_run_count_as_their_defaults():
     from fashion_cnn.compare import with_defaults
 
