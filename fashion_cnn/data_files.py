@@ -98,6 +98,9 @@ def find(data_dir: str | Path | None) -> Path | None:
         raise DataError(f"${ENV_VAR}={os.environ[ENV_VAR]} is not a directory; unset it or {HOW_TO_GET}")
     names = [file_name(s, k) for s in FILE_SPLITS for k in ("images", "labels")]
     for label, directory in candidate_dirs(data_dir):
+        if label == "Debian package" and os.environ.get(ENV_VAR):  # the copy a user named is not where they said
+            raise DataError(f"${ENV_VAR}={os.environ[ENV_VAR]} holds no FashionMNIST copy (the four idx files, in "
+                            f"it or in its FashionMNIST/raw/); point it at the directory that holds them, or unset it")
         present = [n for n in names if _file_in(directory, n)]
         if len(present) == len(names):
             return directory

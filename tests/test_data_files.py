@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,17 @@ def test_search_order_data_dir_then_env_then_system(monkeypatch, tmp_path, fixtu
     assert find(tmp_path / "empty") == fixture_copy / "FashionMNIST" / "raw"
     monkeypatch.delenv(data_files.ENV_VAR)
     assert find(tmp_path / "empty") == FIXTURE
+
+
+def test_a_fashion_mnist_dir_without_a_copy_is_an_error_not_a_download_elsewhere(monkeypatch, tmp_path):
+    # e.g. torchvision's FashionMNIST/ folder instead of its raw/ or its parent: before, found nothing and downloaded
+    wrong = tmp_path / "data" / "FashionMNIST"
+    shutil.copytree(FIXTURE, wrong / "raw")
+    monkeypatch.setenv(data_files.ENV_VAR, str(wrong))
+    monkeypatch.setattr(data_files, "SYSTEM_DIR", FIXTURE)  # even with another copy on the machine
+    with pytest.raises(DataError, match=r"FASHION_MNIST_DIR=.*/data/FashionMNIST holds no FashionMNIST copy"):
+        find(tmp_path / "empty")
+    assert find(tmp_path / "data") == wrong / "raw"  # a data_dir that holds one is used first, as before
 
 
 def test_uncompressed_files_are_accepted(tmp_path):
