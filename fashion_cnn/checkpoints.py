@@ -79,15 +79,16 @@ class Loaded:
         return float(self.datamodule.hparams.std)
 
 
-def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoints/*.ckpt") -> Path:
+def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoints/*.ckpt",
+               logs_option: str = "--logs_dir") -> Path:
     """The ``version_N`` directory with the highest N that holds files matching ``holding`` (a run that died
-    early has no checkpoints, so it is passed over)."""
+    early has no checkpoints, so it is passed over); ``logs_option``: the caller's option that names ``logs_dir``."""
     logs_dir = Path(logs_dir)
     runs = [(int(m.group(1)), p) for p in (logs_dir.iterdir() if logs_dir.is_dir() else [])
             if (m := RUN_DIR.fullmatch(p.name)) and any(p.glob(holding))]
     if not runs:
         raise CheckpointError(f"no run in {logs_dir}/ has {holding} (looked in version_N/); "
-                              f"{_TRAIN_HINT}, or pass --logs_dir")
+                              f"{_TRAIN_HINT}, or pass {logs_option}")
     return max(runs)[1]
 
 
@@ -97,13 +98,13 @@ def newest(directory: Path, pattern: str) -> Path | None:
     return max(directory.glob(pattern), key=lambda p: p.stat().st_mtime, default=None)
 
 
-def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Path:
+def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs", logs_option: str = "--logs_dir") -> Path:
     """``best``/``last`` of the newest run under ``logs_dir``, or the given path, checked to be an existing file.
 
     ``best`` is the checkpoint the run reported: the one its validation split picked, or (a run without a validation
     split keeps no other) its last epoch's."""
     if str(ckpt_path) in NAMED:
-        checkpoints = newest_run(logs_dir) / "checkpoints"
+        checkpoints = newest_run(logs_dir, logs_option=logs_option) / "checkpoints"
         patterns = ("best*.ckpt", "last*.ckpt") if str(ckpt_path) == "best" else ("last*.ckpt",)
         for pattern in patterns:
             if found := newest(checkpoints, pattern):
@@ -145,6 +146,9 @@ def study_run_dir(run_dir: Path, study_dir: Path) -> Path:
 
 def read(path: Path) -> dict:
     """The checkpoint dict, read with ``weights_only=True``; any failure becomes a :class:`CheckpointError`."""
+    if _is_torchscript(path):  # torch.load would warn twice, then call it truncated
+        raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint; give the run's "
+                              f".ckpt (e.g. lightning_logs/version_N/checkpoints/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -163,6 +167,15 @@ def read(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a fashion_cnn.fit checkpoint (it lacks {', '.join(missing)}); "
                               f"use a .ckpt file from lightning_logs/version_N/checkpoints/")
     return checkpoint
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with the scripted code's constants.pkl beside its data)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def net_name(net_config: dict | None) -> str:

@@ -40,6 +40,8 @@ from fashion_cnn.module import FashionClassifier, check_optimizer_options
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROG = "python -m fashion_cnn.fit"
+SAVE_DIR_OPTION = "--trainer.logger.init_args.save_dir"  # where fit's runs go (save_dir/lightning_logs/version_N)
+MAX_SEED = 2**32 - 1  # Lightning seeds numpy too, whose seeds are 32-bit
 
 
 class ConfigError(FashionCNNError):
@@ -145,7 +147,7 @@ class FashionCLI(LightningCLI):
         logging into its run's TensorBoard directory instead of starting an unrelated version (True: it does)."""
         logger = self.config.trainer.logger
         log_root = _log_root(logger)
-        path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs")
+        path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs", SAVE_DIR_OPTION)
         checkpoint = checkpoints.read(path)
         net = self.config.model.net
         checkpoints.check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
@@ -223,9 +225,6 @@ def check_new_version(log_root: Path, version: int | str) -> None:
                           f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
 
 
-MAX_SEED = 2**32 - 1  # Lightning seeds numpy too, whose seeds are 32-bit
-
-
 def check_values(config: Namespace) -> None:
     """Refuse a parsed fit config (a jsonargparse Namespace) whose values parse but cannot run together; checks
     only the values, so a study checks its trials' configs with it before training any."""
@@ -279,12 +278,13 @@ def _is_launching_process() -> bool:
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def check_writable(log_root: Path) -> None:
-    """Fail before any work if runs cannot be written (rather than after an epoch of training)."""
+def check_writable(log_root: Path, option: str = SAVE_DIR_OPTION) -> None:
+    """Fail before any work if runs cannot be written (rather than after an epoch of training); ``option``: the
+    caller's option that chooses the place."""
     existing = next((p for p in (log_root, *log_root.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write runs to {log_root}: {existing} is not a writable directory; "
-                          f"choose another place with --trainer.logger.init_args.save_dir DIR")
+                          f"choose another place with {option} DIR")
 
 
 def _is_tensorboard(logger) -> bool:

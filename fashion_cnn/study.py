@@ -351,7 +351,7 @@ def _run(args, argv: list[str]) -> int:
     study_dir = Path(args.dir or Path("lightning_logs") / "studies" / spec.name).absolute()
     url = args.storage or f"sqlite:///{study_dir / 'study.db'}"
     if not args.storage:
-        fit.check_writable(study_dir)
+        fit.check_writable(study_dir, "--dir")
         study_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, args.heartbeat)  # a server that cannot be reached: refused here, before any run
     study = open_study(spec, storage)

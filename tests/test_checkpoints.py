@@ -91,6 +91,14 @@ def test_checkpoint_whose_pickle_would_run_code_is_refused_unopened(command, tmp
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_exported_torchscript_model_is_named_as_such(command, tmp_path, capsys):
+    exported = tmp_path / "last.torchscript.pt"  # what export writes, given where a .ckpt is asked for
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(exported))
+    assert run_command(command, str(exported), tmp_path) == 1
+    assert_one_line_error(capsys, command, "is an exported TorchScript model, not a training checkpoint")
+
+
 def test_a_checkpoint_of_something_else(tmp_path, capsys):
     other = tmp_path / "weights.pt"
     torch.save({"conv.weight": torch.zeros(2)}, other)

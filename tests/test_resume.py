@@ -87,6 +87,7 @@ def test_resume_with_no_run_or_a_bad_checkpoint_is_one_line(tmp_path):
     proc = fit(tmp_path, "--ckpt_path", "last")
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1 and "error: no run in lightning_logs/" in out and "Traceback" not in out
+    assert "pass --trainer.logger.init_args.save_dir" in out  # fit's option, not evaluate's --logs_dir
     bad = tmp_path / "broken.ckpt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     proc = fit(tmp_path, "--ckpt_path", str(bad))

@@ -105,6 +105,9 @@ def test_unreachable_storage_reused_name_and_bad_usage(tmp_path, capsys):
     assert "cannot reach the storage sqlite:///" in err and err.count("\n") == 1
     assert study.main([str(repeat), "--storage", f"journal:{tmp_path}/no/such/dir/x.log"]) == 1
     assert "cannot reach the storage journal:" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert study.main([str(repeat), "--dir", str(tmp_path / "a_file")]) == 1
+    assert "not a writable directory; choose another place with --dir DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
         study.main([str(repeat), "--workers", "0"])
     assert usage.value.code == 2 and "--workers must be at least 1" in capsys.readouterr().err
