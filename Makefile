@@ -42,7 +42,7 @@ data: setup ## Find and verify FashionMNIST; if there is no copy, install the De
 train: data ## Train an experiment (default: the notebook's, 40 epochs) into lightning_logs/
 	$(PY) -m fashion_cnn.fit --config $(CONFIG) --data.data_dir $(DATA_DIR) $(ARGS)
 
-study: data ## Run a study file: repeated seeds or a search (STUDY=studies/fast_search.yaml); resumable
+study: data ## Run a study file (STUDY=studies/fast_repeats.yaml; a search: studies/fast_search.yaml); resumable
 	$(STUDY_PY) -m fashion_cnn.study $(STUDY) $(ARGS)
 
 test: setup ## Run the test suite (fast, offline, CPU; TEST_JOBS='' runs it in one process)
