@@ -41,6 +41,10 @@ def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[floa
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
+    if not {"test/acc", "test/loss"} <= tags and "val/acc" in tags:
+        raise CommandError(f"{run_dir}: the run never read the test set (data.test: false, a model-selection run), "
+                           f"and report draws test curves beside the notebook's; compare such runs with "
+                           f"`python -m fashion_cnn.compare`, or read their val/* curves in TensorBoard")
     if not {"test/acc", "test/loss"} <= tags:
         raise CommandError(f"{run_dir}: the run logged no test/acc and test/loss; train it with "
                            f"`python -m fashion_cnn.fit` (it evaluates on the test set every epoch)")

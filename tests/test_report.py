@@ -63,6 +63,19 @@ def test_a_directory_without_a_run_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no TensorBoard event files" in err and not (tmp_path / "x.png").exists()
 
 
+def test_a_run_that_never_read_the_test_set_is_one_line_that_says_so(tmp_path, monkeypatch, capsys):
+    from fashion_cnn import fit
+    from tests.helpers import SMALL
+
+    monkeypatch.chdir(tmp_path)
+    result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--data.val_size", "100", "--data.test", "false"])
+    capsys.readouterr()
+    assert report.main(["--run", str(result.run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never read the test set (data.test: false" in err
+    assert not (result.run_dir / "learning_curves.png").exists()
+
+
 def test_a_run_whose_config_is_damaged_is_one_line_and_nothing_is_written(trained_run, tmp_path, capsys):
     run = tmp_path / "version_0"
     shutil.copytree(trained_run, run)
