@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run) if args.run else newest_run(args.logs_dir, holding=EVENTS)
         out_path = Path(args.out) if args.out else run_dir / "learning_curves.png"
         epochs, loss, acc = logged_test_curves(run_dir)
-        best = max(range(len(acc)), key=acc.__getitem__)
+        top = max(range(len(acc)), key=acc.__getitem__)
         fig = learning_curves_figure(
             epochs, loss, acc, f"this run ({run_dir.name})", NOTEBOOK, NOTEBOOK_LABEL,
             f"FashionMNIST {network(run_dir)}: test set after every epoch ({run_dir.name}, {len(epochs)} epochs)")
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             out.with_suffix(".json").write_text(json.dumps(curves, indent=2) + "\n")
         except OSError as err:
             raise CommandError(f"cannot write {out_path} ({err.strerror or err}); choose another --out") from None
-        print(f"{run_dir}: {len(epochs)} epochs, best test accuracy {100 * acc[best]:.2f}% at epoch {epochs[best]}, "
-              f"last {100 * acc[-1]:.2f}% (loss {loss[-1]:.4f}); notebook at epoch {NOTEBOOK[-1][0]}: "
-              f"{NOTEBOOK[-1][2]:.2f}% (loss {NOTEBOOK[-1][1]:.4f})")
+        print(f"{run_dir}: {len(epochs)} epochs, last test accuracy {100 * acc[-1]:.2f}% (loss {loss[-1]:.4f}; "
+              f"highest {100 * acc[top]:.2f}% at epoch {epochs[top]}, an optimistic pick by test accuracy); notebook "
+              f"at epoch {NOTEBOOK[-1][0]}: {NOTEBOOK[-1][2]:.2f}% (loss {NOTEBOOK[-1][1]:.4f})")
         print(f"wrote {out} and {out.with_suffix('.json').name}")
         return 0
 
