@@ -2,14 +2,16 @@
 
 Exit statuses: 0 done; 1 a problem with the inputs (data, checkpoint, config, images, run), reported as
 ``<prog>: error: <what is wrong and how to fix it>``; 2 a usage error (a bad option), the same one line plus a
-pointer to ``--help``; 130 interrupted (Ctrl-C); 143 stopped by SIGTERM (as a shell reports it; ``fit`` leaves a
-checkpoint to resume from). ``python -m fashion_cnn.data_files`` also exits 3 when no copy of the dataset exists,
-so ``make data`` knows to fetch one.
+pointer to ``--help``; 130 interrupted (Ctrl-C); 141 its output's reader stopped reading (``... | head``); 143
+stopped by SIGTERM (as a shell reports these; ``fit`` leaves a checkpoint to resume from).
+``python -m fashion_cnn.data_files`` also exits 3 when no copy of the dataset exists, so ``make data`` knows to
+fetch one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from typing import NoReturn
 
 from fashion_cnn.errors import FashionCNNError
 
-BAD_INPUT, USAGE, INTERRUPTED, TERMINATED = 1, 2, 130, 143
+BAD_INPUT, USAGE, INTERRUPTED, BROKEN_PIPE, TERMINATED = 1, 2, 130, 141, 143
 
 
 class CommandError(FashionCNNError):
@@ -64,14 +66,21 @@ def hide_library_noise() -> None:
 
 
 def run(prog: str, body: Callable[[], int]) -> int:
-    """Call ``body`` and return its exit status; any :class:`FashionCNNError` becomes one line ``prog: error: ...``
-    on stderr and status 1."""
+    """Call ``body`` and return its exit status; any :class:`FashionCNNError` (or a file the user may not read or
+    write) becomes one line ``prog: error: ...`` on stderr and status 1."""
     hide_library_noise()
     try:
         return body()
     except FashionCNNError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return BAD_INPUT
+    except PermissionError as err:  # anywhere a path is looked at: Path.exists() itself raises it
+        print(f"{prog}: error: {err.filename or 'a file'}: permission denied; run as a user who may use it, or "
+              f"choose another path", file=sys.stderr)
+        return BAD_INPUT
+    except BrokenPipeError:  # `... | head` has what it wanted: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's final flush fails again
+        return BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +35,26 @@ def test_run_turns_a_project_error_into_one_line_and_status_1(capsys):
     assert commands.run("python -m fashion_cnn.x", body) == commands.BAD_INPUT
     err = capsys.readouterr().err
     assert err == "python -m fashion_cnn.x: error: something is wrong across lines; fix it like this\n"
+
+
+def test_a_path_the_user_may_not_use_is_one_line(capsys):
+    def body() -> int:  # what Path.exists() raises under a directory the user may not enter (root may enter all)
+        raise PermissionError(13, "Permission denied", "/srv/data/FashionMNIST")
+
+    assert commands.run("python -m fashion_cnn.x", body) == commands.BAD_INPUT
+    assert capsys.readouterr().err == ("python -m fashion_cnn.x: error: /srv/data/FashionMNIST: permission denied; "
+                                       "run as a user who may use it, or choose another path\n")
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
+    # `python -m fashion_cnn.predict ... | head -1`: the output outgrows the pipe, and its reader has gone
+    code = ("import sys; from fashion_cnn import commands; "
+            "sys.exit(commands.run('x', lambda: [print('y' * 99) for _ in range(10_000)] and 0))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).parent.parent)
+    assert proc.stdout.readline() == b"y" * 99 + b"\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == commands.BROKEN_PIPE and proc.stderr.read() == b""
 
 
 def test_other_exceptions_are_bugs_and_are_not_hidden():
