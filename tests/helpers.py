@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,23 @@ def best_checkpoint(run: Path) -> Path:
     """The checkpoint a run reported: its best-*.ckpt (picked on a validation split), else its last.ckpt."""
     checkpoints = run / "checkpoints"
     return next(checkpoints.glob("best*.ckpt"), checkpoints / "last.ckpt")
+
+
+def signal_in_epoch_3(proc: subprocess.Popen, sig: int, timeout: float = 240) -> list[str]:
+    """Send ``sig`` to a fit or study process as soon as it prints epoch 2's summary line (so it is inside epoch
+    3), and return all it printed once it has ended. A process that hangs is killed after ``timeout`` seconds, so
+    that the test fails on its exit status instead of waiting forever for a line."""
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("[2] "):
+                proc.send_signal(sig)
+                break
+        output += proc.stdout.readlines()
+        proc.wait()
+        return output
+    finally:
+        watchdog.cancel()

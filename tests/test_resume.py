@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fashion_cnn import fit as fit_command
-from tests.helpers import FIXTURE, SMALL, TRAINED_EPOCHS, fixture_cut, scalars, tree_digest
+from tests.helpers import FIXTURE, SMALL, TRAINED_EPOCHS, fixture_cut, scalars, signal_in_epoch_3, tree_digest
 
 EPOCHS = 5
 ARGS = ["--data.data_dir", str(FIXTURE), "--data.verify", "false", "--data.download", "false",
@@ -48,15 +48,7 @@ def straight_run(tmp_path_factory) -> Path:
 def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, status, said, straight_run, tmp_path):
     # A shell starts background jobs with SIGINT ignored, and Python keeps that: give the run Ctrl-C's default back.
     proc = fit(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    # Wait for epoch 2's summary line, then signal at once: the process is inside epoch 3.
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if line.startswith("[2] "):
-            proc.send_signal(sig)
-            break
-    output += proc.stdout.readlines()
-    proc.wait(timeout=60)
+    output = signal_in_epoch_3(proc, sig)
     assert proc.returncode == status, "".join(output)
     run = tmp_path / "lightning_logs" / "version_0"
     saved_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]

@@ -20,7 +20,7 @@ import yaml
 
 from fashion_cnn import commands, compare, fit, study, study_file
 from fashion_cnn.data_files import DataError
-from tests.helpers import FIXTURE, scalars, tree_digest
+from tests.helpers import FIXTURE, scalars, signal_in_epoch_3, tree_digest
 
 ON_FIXTURE = {"data.data_dir": str(FIXTURE), "data.verify": False, "data.download": False,
               "trainer.enable_model_summary": False, "trainer.log_every_n_steps": 4, "trainer.max_epochs": 1}
@@ -202,21 +202,15 @@ def test_a_study_stopped_mid_trial_says_so_in_one_line_and_resumes_it(tmp_path, 
                              "--workers", "1"], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if line.startswith("[2] "):  # inside the trial's third epoch
-            proc.send_signal(sig)
-            break
-    output += proc.stdout.readlines()
-    assert proc.wait(timeout=60) == status, "".join(output)
+    output = signal_in_epoch_3(proc, sig)
+    assert proc.returncode == status, "".join(output)
     said = [line for line in output if line.startswith("python -m fashion_cnn.study: stopped")]
     assert len(said) == 1 and "run the same command again" in said[0]
     assert "Traceback" not in "".join(output) and "failed" not in "".join(output)
     # fit's own line names the trial's last.ckpt, and the study's way on, not fit's --ckpt_path
     fit_said = [line for line in output if line.startswith("python -m fashion_cnn.fit: ")]
     assert len(fit_said) == 1 and fit_said[0].rstrip().endswith(f"is intact: {study.AGAIN}"), fit_said
-    again = cli(str(path), "--dir", str(study_dir))
+    again = cli(str(path), "--dir", str(study_dir), "--workers", "1")  # the same command again
     assert again.returncode == 0, again.stderr[-2000:]
     assert "continues from" in again.stdout
     finished = [t for t in trials(study_dir, "stop") if t.state == optuna.trial.TrialState.COMPLETE]
