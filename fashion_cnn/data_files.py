@@ -10,6 +10,7 @@ Run ``python -m fashion_cnn.data_files`` to see which copy would be used.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -189,10 +190,17 @@ def download(data_dir: str | Path) -> Path:
     from torchvision.datasets import FashionMNIST  # only needed on this path
 
     data_dir = Path(data_dir).expanduser()
+    root = data_dir / "FashionMNIST"
+    before = set(root.rglob("*"))
+    made = [d for d in (data_dir, root) if not d.exists()]
     try:
         for train in (True, False):
             FashionMNIST(str(data_dir), train=train, download=True)
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError... all mean "no download"
+        # what it wrote before failing would read as an incomplete copy next time: take it away, deepest first
+        with contextlib.suppress(OSError):
+            for path in [*sorted(set(root.rglob("*")) - before, reverse=True), *reversed(made)]:
+                path.rmdir() if path.is_dir() else path.unlink()
         raise DataError(f"FashionMNIST was not found and downloading it into {data_dir} failed ({first_line(err)}); "
                         f"{HOW_TO_GET}") from err
     return data_dir / "FashionMNIST" / "raw"

@@ -103,13 +103,16 @@ def test_missing_data_without_download_says_how_to_get_it(no_other_copies, tmp_p
 def test_failed_download_is_one_line_and_leaves_nothing_behind(no_other_copies, tmp_path, monkeypatch):
     import torchvision.datasets
 
-    def offline(*args, **kwargs):
+    def offline(root, *args, **kwargs):  # torchvision's way: the folders made, a file begun, then the error
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b half a file")
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirrors")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataError, match=r"downloading it into .* failed \(Error downloading") as info:
         locate(tmp_path / "data", allow_download=True)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "data").exists()  # not an "incomplete copy" next time
 
 
 def test_incomplete_copy_is_an_error_not_skipped(no_other_copies, fixture_copy):
