@@ -37,7 +37,7 @@ def export_torchscript(net: nn.Module, path: Path) -> Path:
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
         try:
             scripted = torch.jit.script(net)
-        except (RuntimeError, torch.jit.frontend.FrontendError) as err:  # Python TorchScript does not take
+        except (RuntimeError, torch.jit.frontend.FrontendError) as err:  # Python that TorchScript cannot compile
             raise CommandError(f"TorchScript cannot compile this network ({first_line(err)}); export it with "
                                f"--formats onnx") from None
     try:
@@ -67,7 +67,7 @@ def export_onnx(net: nn.Module, path: Path) -> Path:
         try:
             torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["logits"],
                               dynamic_shapes=({0: torch.export.Dim("batch", max=MAX_BATCH)},), dynamo=True,
-                              verbose=False, external_data=False)  # one self-contained file: the weights are only 87 kB
+                              verbose=False, external_data=False)  # one self-contained file: a few MB at most
         except RuntimeError as err:  # torch.export or the ONNX translation could not follow the network
             raise CommandError(f"ONNX cannot export this network ({first_line(err)}); export it with "
                                f"--formats torchscript") from None

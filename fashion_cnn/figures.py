@@ -109,10 +109,10 @@ def learning_curves_figure(epochs: Sequence[int], loss: Sequence[float], acc: Se
 
 def evaluation_figures(cm: torch.Tensor, preds: Predictions, images: torch.Tensor, title: str, mistakes: int = 24,
                      correct: int = 8) -> tuple[Figure, Figure]:
-    """The two pictures of a test-set evaluation (training's TensorBoard images and evaluate's PNGs): the confusion
-    matrix, and the most confident mistakes next to a few correct images."""
+    """The two pictures of an evaluation (training's TensorBoard images and evaluate's PNGs): the confusion matrix,
+    and the most confident mistakes next to a few correct images; ``title`` names the images' split."""
     shown = examples_to_show(preds, mistakes, correct)
-    matrix = confusion_matrix_figure(cm, CLASSES, f"Test confusion matrix, {title}")
+    matrix = confusion_matrix_figure(cm, CLASSES, f"Confusion matrix, {title}")
     grid = predictions_figure(images[shown], preds.labels[shown], preds.predicted[shown],
                               preds.probs[shown].max(dim=1).values, CLASSES,
                               f"Most confident mistakes (red, true class below) and some correct, {title}")

@@ -359,7 +359,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
                   ) -> FitResult:
     start = time.perf_counter()
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
-    # argv is sys.argv with shipped config names resolved; Lightning would warn that both are given.
+    # args= given explicitly (resolved names, or a study's trial): Lightning would warn that it is not sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         cli = FashionCLI(

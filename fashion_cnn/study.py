@@ -295,7 +295,8 @@ def work(spec: study_file.Study, study: optuna.Study, study_dir: Path, heartbeat
             if not said_waiting:  # the rest are running elsewhere (or are stale and will be retried)
                 print(waiting_line(study, heartbeats), file=sys.stderr, flush=True)
                 said_waiting = True
-            time.sleep(min(heartbeat, WAIT_POLL_S))  # the command ends with its last worker: no heartbeat late
+            # not a whole heartbeat: the study command ends when its last worker does, so this one sees the end soon
+            time.sleep(min(heartbeat, WAIT_POLL_S))
             continue
         study.optimize(run_trial, n_trials=1)
 
