@@ -58,9 +58,10 @@ def scalars(run: Path) -> dict[str, list[float]]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """SHA-256 of every file below ``root``: equal before and after means nothing was changed or added."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """SHA-256 of every file below ``root``, and every directory (an empty run directory left behind counts):
+    equal before and after means nothing was changed or added."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+            for p in sorted(root.rglob("*"))}
 
 
 def best_checkpoint(run: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -29,10 +30,12 @@ def test_best_checkpoint_gives_the_runs_final_test_numbers(trained_run, tmp_path
             assert image.width >= 600
 
 
-def test_best_of_the_newest_run_writes_into_the_run_directory(trained_run, capsys):
-    code = evaluate.main(["--ckpt_path", "best", "--logs_dir", str(trained_run.parent), "--data_dir", str(FIXTURE)])
-    assert code == 0 and str(best_checkpoint(trained_run)) in capsys.readouterr().out
-    assert {"metrics.json", "confusion_matrix.png", "mistakes.png"} <= {p.name for p in trained_run.iterdir()}
+def test_best_of_the_newest_run_writes_into_the_run_directory(trained_run, tmp_path, capsys):
+    run = tmp_path / "logs" / "version_0"  # a copy: the shared run is read by other tests, in any order
+    shutil.copytree(trained_run, run)
+    code = evaluate.main(["--ckpt_path", "best", "--logs_dir", str(run.parent), "--data_dir", str(FIXTURE)])
+    assert code == 0 and str(best_checkpoint(run)) in capsys.readouterr().out
+    assert {"metrics.json", "confusion_matrix.png", "mistakes.png"} <= {p.name for p in run.iterdir()}
 
 
 def test_missing_data_is_one_line(trained_run, tmp_path, capsys, no_other_copies):
