@@ -8,6 +8,7 @@ from typing import Literal
 import lightning as L
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fashion_cnn.data_files import MEAN, STD, DataError, load_split, locate
@@ -40,24 +41,6 @@ class TensorImages(Dataset):
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """``collate_fn`` for :class:`TensorImages`: ``__getitems__`` already returns a whole batch."""
     return batch
-
-
-class EvalSampler(DistributedSampler):
-    """In-order evaluation sampler that never pads: with several processes each gets a disjoint shard,
-    so metrics reduced across them equal a single-process evaluation over exactly the whole set.
-
-    It subclasses ``DistributedSampler`` because that is how Lightning recognises a loader as already sharded:
-    a loader with any other sampler gets Lightning's own ``DistributedSampler`` under DDP, which pads the last
-    shard with repeated images and so counts them twice (tests/test_ddp.py checks the exact counts).
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.indices = list(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
-        self.num_samples = len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
 
 
 def random_shift_flip(images: torch.Tensor, pad: int = 2, flip: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,8 +215,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if train:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
-        else:
-            sampler = EvalSampler(dataset, num_replicas=world, rank=rank)
+        else:  # a DistributedSampler, so Lightning leaves it be: its own would pad the last shard with repeated
+            # images and count them twice (tests/test_ddp.py checks the exact counts)
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         workers = 0 if dataset.images.is_cuda else self.hparams.num_workers
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch,
                           num_workers=workers, persistent_workers=workers > 0)
