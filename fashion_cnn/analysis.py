@@ -24,14 +24,17 @@ class Predictions:
 
     @property
     def probs(self) -> torch.Tensor:
+        """Each image's class probabilities, [N, 10]."""
         return self.logits.softmax(dim=1)
 
     @property
     def predicted(self) -> torch.Tensor:
+        """Each image's predicted class, [N]."""
         return self.logits.argmax(dim=1)
 
     @property
     def accuracy(self) -> float:
+        """The fraction of images whose predicted class is their label."""
         return (self.predicted == self.labels).double().mean().item()
 
     @property

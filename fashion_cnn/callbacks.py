@@ -70,6 +70,7 @@ class PredictionPictures(L.Callback):
             self.log_pictures(trainer, pl_module)
 
     def log_pictures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The test set's confusion matrix, per-class accuracy and most confident mistakes, logged at this step."""
         logger = tensorboard_logger(trainer)
         test_set = getattr(trainer.datamodule, "test_set", None)
         if trainer.sanity_checking or not trainer.is_global_zero or logger is None or test_set is None:

@@ -15,6 +15,7 @@ import re
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -46,6 +47,7 @@ class Loaded:
 
     @property
     def run_dir(self) -> Path:
+        """The run directory the checkpoint belongs to."""
         return run_dir_of(self.path)
 
     @property
@@ -72,10 +74,12 @@ class Loaded:
 
     @property
     def mean(self) -> float:
+        """The normalisation mean the network was trained with."""
         return float(self.datamodule.hparams.mean)
 
     @property
     def std(self) -> float:
+        """The normalisation std the network was trained with."""
         return float(self.datamodule.hparams.std)
 
 
@@ -307,7 +311,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the system's temporary directory, which may be another filesystem, where the final move is a copy.)
     """
 
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote storage: Lightning's fsspec path
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)

@@ -163,7 +163,8 @@ class FashionClassifier(L.LightningModule):
         acc.update(logits, labels)
         return loss, acc
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+                        ) -> None:
         split = self.trainer.datamodule.eval_splits[dataloader_idx]
         loss, acc = self._evaluate(split, batch)
         self.log(f"{split}/loss", loss, add_dataloader_idx=False)
@@ -201,7 +202,7 @@ class FashionClassifier(L.LightningModule):
         if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.SGD(self._parameter_groups(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
                                     weight_decay=hp.weight_decay)

@@ -78,7 +78,7 @@ class StrongCNN(nn.Module):
     def __init__(self, num_classes: PositiveInt = NUM_CLASSES,
                  widths: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 128),
                  dropout: ClosedUnitInterval = 0.2, pool: PoolSize = 1, identity_init: bool = False,
-                 channel_dropout: ClosedUnitInterval = 0.0, whiten: bool = False):
+                 channel_dropout: ClosedUnitInterval = 0.0, whiten: bool = False) -> None:
         super().__init__()
         pool = PoolSize(pool)  # the same check for Python callers: ValueError outside 1..7
         self.whiten = whiten

@@ -27,6 +27,7 @@ import copy
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ class StudyFileError(FashionCNNError):
     """A study file that cannot work; one line naming the file and the key."""
 
 
+Refuse = Callable[[str], StudyFileError]  # the error for a problem in the study file, its path in front
+
+
 @dataclass
 class Study:
     """A parsed, checked study file."""
@@ -68,6 +72,7 @@ class Study:
 
     @property
     def is_search(self) -> bool:
+        """A search (a space to sample), not a repeat (seeds)."""
         return bool(self.space)
 
     def fit_args(self, params: dict[str, Any]) -> list[str]:
@@ -107,6 +112,7 @@ class Study:
                            "val_size": self.val_size, "space": space}, sort_keys=True, default=str)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
+        """The Optuna pruner the file's ``search.pruner`` names, with its arguments."""
         kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
         return PRUNERS[self.pruner["type"]](**kwargs)
 
@@ -179,7 +185,7 @@ def load(path: str | Path) -> Study:
     return study
 
 
-def _base(base: Any, path: Path, bad) -> Path:
+def _base(base: Any, path: Path, bad: Refuse) -> Path:
     candidates = [fit.CONFIG_DIR / f"{base}.yaml", path.parent / str(base), Path(str(base))]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
@@ -187,7 +193,7 @@ def _base(base: Any, path: Path, bad) -> Path:
     return found.resolve()
 
 
-def _search(search: Any, study: Study, bad) -> None:
+def _search(search: Any, study: Study, bad: Refuse) -> None:
     if not isinstance(search, dict):
         raise bad("search must be a mapping with trials, metric, direction and space")
     if unknown := set(search) - SEARCH_KEYS:
@@ -226,7 +232,7 @@ def _search(search: Any, study: Study, bad) -> None:
     study.space = {key: _distribution(key, spec, bad) for key, spec in space.items()}
 
 
-def _distribution(key: str, spec: Any, bad) -> optuna.distributions.BaseDistribution:
+def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.BaseDistribution:
     where = f"search.space.{key}"
     if isinstance(spec, dict) and "choices" in spec:
         if not isinstance(spec["choices"], list) or not spec["choices"]:
@@ -269,7 +275,7 @@ class _CheckCLI(fit.FashionCLI):
         raise SystemExit(0)
 
 
-def check_fit_args(study: Study, bad) -> None:
+def check_fit_args(study: Study, bad: Refuse) -> None:
     """Parse the fit configs of the trials at the two ends of the space (each parameter at its low end or first
     choice, then at its high end or last choice), and of each choice in between (the rest at their low end), and
     check their values, without running anything, so that an unknown key, a value of the wrong type or values that
