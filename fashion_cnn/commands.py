@@ -59,6 +59,11 @@ def parser(module: str, description: str) -> ArgumentParser:
                           formatter_class=DefaultsHelp)
 
 
+def cannot_write(place: object, err: OSError, option: str) -> CommandError:
+    """The one-line error for outputs that could not be written: where, why, and the option that picks another place."""
+    return CommandError(f"cannot write to {place} ({err.strerror or err}); choose a writable {option}")
+
+
 def hide_library_noise() -> None:
     """Hide a warning Lightning 2.6 raises about its own use of a torch API (on every fit and test): nothing a user
     of this project can act on, and it would be printed above every run's output."""

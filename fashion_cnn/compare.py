@@ -302,8 +302,7 @@ def report(targets: list[Path], out: Path | None = None, storage: str | BaseStor
         (out / "comparison.json").write_text(json.dumps(per_run(runs), indent=1) + "\n")
         png = figures.save(fig, out / "comparison.png")
     except OSError as err:
-        raise commands.CommandError(f"cannot write the comparison to {out} ({err.strerror or err}); "
-                                    f"choose a writable directory with --out") from None
+        raise commands.cannot_write(out, err, "--out") from None
     return f"{text}\n\nSaved {out / 'comparison.md'}, comparison.json and {png}"
 
 

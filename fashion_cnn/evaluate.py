@@ -21,7 +21,7 @@ import torch
 from fashion_cnn.analysis import Predictions, confusion_matrix, most_confused, per_class_scores
 from fashion_cnn.analysis import predict as predict_logits
 from fashion_cnn.checkpoints import Loaded, load
-from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
+from fashion_cnn.commands import CommandError, add_checkpoint_arguments, cannot_write, parser, run
 from fashion_cnn.data_files import CLASSES, load_split, locate
 from fashion_cnn.datamodule import hold_out
 from fashion_cnn.figures import evaluation_figures, save
@@ -110,8 +110,7 @@ def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_di
         return [out_dir / f"metrics{tag}.json", save(matrix, out_dir / f"confusion_matrix{tag}.png"),
                 save(mistakes, out_dir / f"mistakes{tag}.png")]
     except OSError as err:
-        raise CommandError(f"cannot write the results to {out_dir} ({err.strerror or err}); "
-                           f"choose a writable directory with --out_dir") from None
+        raise cannot_write(out_dir, err, "--out_dir") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fashion_cnn.checkpoints import Loaded, load
-from fashion_cnn.commands import CommandError, add_checkpoint_arguments, parser, run
+from fashion_cnn.commands import CommandError, add_checkpoint_arguments, cannot_write, parser, run
 from fashion_cnn.data_files import CLASSES
 from fashion_cnn.errors import first_line
 
@@ -118,7 +118,7 @@ def _write_together(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[P
             for path in (*files, meta):
                 os.replace(path, out_dir / path.name)
     except OSError as err:
-        raise CommandError(f"cannot write to {out_dir} ({err.strerror or err}); choose a writable --out_dir") from None
+        raise cannot_write(out_dir, err, "--out_dir") from None
     return [out_dir / path.name for path in (*files, meta)]
 
 

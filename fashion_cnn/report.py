@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fashion_cnn.checkpoints import net_name, newest_run, run_config
-from fashion_cnn.commands import CommandError, parser, run
+from fashion_cnn.commands import CommandError, cannot_write, parser, run
 from fashion_cnn.figures import learning_curves_figure, save
 
 PROG = "python -m fashion_cnn.report"
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             out = save(fig, out_path)
             out.with_suffix(".json").write_text(json.dumps(curves, indent=2) + "\n")
         except OSError as err:
-            raise CommandError(f"cannot write {out_path} ({err.strerror or err}); choose another --out") from None
+            raise cannot_write(out_path, err, "--out") from None
         print(f"{run_dir}: {len(epochs)} epochs, last test accuracy {100 * acc[-1]:.2f}% (loss {loss[-1]:.4f}; "
               f"highest {100 * acc[top]:.2f}% at epoch {epochs[top]}, an optimistic pick by test accuracy); notebook "
               f"at epoch {NOTEBOOK[-1][0]}: {NOTEBOOK[-1][2]:.2f}% (loss {NOTEBOOK[-1][1]:.4f})")

@@ -57,6 +57,26 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
     assert proc.wait(timeout=60) == commands.BROKEN_PIPE and proc.stderr.read() == b""
 
 
+@pytest.mark.parametrize(("command", "args"), [
+    ("evaluate", ["--ckpt_path", "{ckpt}", "--data_dir", "{fixture}", "--out_dir", "{blocked}/out"]),
+    ("export", ["--ckpt_path", "{ckpt}", "--formats", "torchscript", "--out_dir", "{blocked}/out"]),
+    ("report", ["--run", "{run}", "--out", "{blocked}/curves.png"]),
+    ("compare", ["{run}", "--out", "{blocked}/out"]),
+])
+def test_an_output_place_that_cannot_be_written_is_one_line(command, args, trained_run, tmp_path, capsys):
+    from tests.helpers import FIXTURE, best_checkpoint, tree_digest
+
+    blocked = tmp_path / "a_file"  # where a directory should be made
+    blocked.write_text("mine")
+    names = {"ckpt": best_checkpoint(trained_run), "fixture": FIXTURE, "blocked": blocked, "run": trained_run}
+    before = tree_digest(trained_run)
+    assert importlib.import_module(f"fashion_cnn.{command}").main([a.format(**names) for a in args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m fashion_cnn.{command}: error: cannot write to {blocked}/"), err
+    assert err.count("\n") == 1
+    assert "choose a writable --out" in err and blocked.read_text() == "mine" and tree_digest(trained_run) == before
+
+
 def test_other_exceptions_are_bugs_and_are_not_hidden():
     def body() -> int:
         raise ZeroDivisionError
