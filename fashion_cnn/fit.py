@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -68,6 +69,12 @@ class FitResult:
 
 class FitParser(OneLineUsage, LightningArgumentParser):
     """LightningCLI's parser with the project's one-line usage errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # jsonargparse makes a parser of this class for a network's init_args without a prog: its errors would
+        # otherwise be signed by the script's file name (__main__.py)
+        kwargs["prog"] = kwargs.get("prog") or PROG
+        super().__init__(*args, **kwargs)
 
 
 class FashionCLI(LightningCLI):
