@@ -95,12 +95,12 @@ def find(data_dir: str | Path | None) -> Path | None:
     """
     if data_dir is not None and Path(data_dir).expanduser().is_file():
         raise DataError(f"data_dir {data_dir} is a file, not a directory; point data_dir at a directory")
-    if os.environ.get(ENV_VAR) and not Path(os.environ[ENV_VAR]).expanduser().is_dir():
-        raise DataError(f"${ENV_VAR}={os.environ[ENV_VAR]} is not a directory; unset it or {HOW_TO_GET}")
     names = [file_name(s, k) for s in FILE_SPLITS for k in ("images", "labels")]
     for label, directory in candidate_dirs(data_dir):
-        if label == "Debian package" and os.environ.get(ENV_VAR):  # the copy a user named is not where they said
-            raise DataError(f"${ENV_VAR}={os.environ[ENV_VAR]} holds no FashionMNIST copy (the four idx files, in "
+        if label == "Debian package" and (named := os.environ.get(ENV_VAR)):  # the copy a user named is not there
+            if not Path(named).expanduser().is_dir():
+                raise DataError(f"${ENV_VAR}={named} is not a directory; unset it or {HOW_TO_GET}")
+            raise DataError(f"${ENV_VAR}={named} holds no FashionMNIST copy (the four idx files, in "
                             f"it or in its FashionMNIST/raw/); point it at the directory that holds them, or unset it")
         present = [n for n in names if _file_in(directory, n)]
         if len(present) == len(names):

@@ -85,6 +85,11 @@ def test_a_fashion_mnist_dir_without_a_copy_is_an_error_not_a_download_elsewhere
     with pytest.raises(DataError, match=r"FASHION_MNIST_DIR=.*/data/FashionMNIST holds no FashionMNIST copy"):
         find(tmp_path / "empty")
     assert find(tmp_path / "data") == wrong / "raw"  # a data_dir that holds one is used first, as before
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(data_files.ENV_VAR, str(tmp_path / "a_file"))
+    assert find(tmp_path / "data") == wrong / "raw"  # ... whatever the variable says
+    with pytest.raises(DataError, match=r"FASHION_MNIST_DIR=.*a_file is not a directory; unset it"):
+        find(tmp_path / "empty")
 
 
 def test_uncompressed_files_are_accepted(tmp_path):
