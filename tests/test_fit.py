@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, fit
@@ -211,8 +213,6 @@ def test_log_directory_that_cannot_be_written(workdir, capsys):
 def test_train_returns_the_run_and_never_reads_the_test_set_for_model_selection(workdir, monkeypatch):
     """fit.train (what a study calls): with data.test=false only the validation split is evaluated, per epoch and
     at the end; it returns the run directory, the metrics (with the best checkpoint's score) and the wall time."""
-    from lightning.pytorch.callbacks import Callback
-
     from fashion_cnn import data_files
 
     read = []
@@ -241,14 +241,24 @@ def test_every_shipped_config_trains_and_tests(config, workdir):
     cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
     result = fit.train(["--config", config, *SMALL, "--trainer.max_epochs", "1", *(cpu if config == "gpu" else [])])
     assert result.status == 0 and 0.0 <= result.metrics["final/test_acc"] <= 1.0
-    assert (result.run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (result.run_dir / "checkpoints" / "last.ckpt").is_file() and len(scalars(result.run_dir)["test/acc"]) == 1
+    named = (yaml.safe_load((fit.CONFIG_DIR / f"{config}.yaml").read_text()).get("model") or {}).get("net")
+    built = checkpoints.run_config(result.run_dir)["model"]["net"]["class_path"]
+    assert built == (named["class_path"] if named else "fashion_cnn.nets.SeedCNN")  # the network it names
 
 
 @pytest.mark.parametrize("precision", ["64-true", "16-true"])
 def test_a_true_precision_feeds_the_network_inputs_of_its_dtype(workdir, precision):
     # the batches are made float32 after the transfer, and the pictures of the last epoch are drawn outside the loop
-    result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--trainer.precision", precision])
+    seen = set()
+
+    class Inputs(Callback):  # every input the network gets: training, evaluation and the pictures' pass
+        def on_fit_start(self, trainer, pl_module):
+            pl_module.net.register_forward_pre_hook(lambda net, args: seen.add(args[0].dtype))
+
+    result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--trainer.precision", precision], callbacks=[Inputs()])
     assert result.status == 0 and 0.0 <= result.metrics["final/test_acc"] <= 1.0
+    assert seen == {torch.float64 if precision == "64-true" else torch.float16}
 
 
 @pytest.mark.parametrize(("precision", "native", "used"), [
