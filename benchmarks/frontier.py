@@ -28,10 +28,9 @@ from pathlib import Path
 
 import optuna
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmarks.bench import ROOT, circumstances
-from fashion_cnn.checkpoints import study_run_dir
+from fashion_cnn.checkpoints import run_scalars, study_run_dir
 from fashion_cnn.compare import mean_std_ci
 
 TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
@@ -57,14 +56,13 @@ def trial_curves(study_dir: Path) -> list[Trial]:
             if trial.state != optuna.trial.TrialState.COMPLETE or trial.user_attrs.get("threads") != full_threads():
                 continue
             run_dir = study_run_dir(Path(trial.user_attrs["run_dir"]), study_dir)
-            events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-            events.Reload()
+            logged = run_scalars(run_dir)
             start = trial.datetime_start.timestamp()
-            points = [(e.wall_time - start, e.value) for e in events.Scalars("test/acc")]
+            points = [(e.wall_time - start, e.value) for e in logged.get("test/acc", [])]
             if points and points[0][0] < 0:  # a retried trial resumed an earlier attempt's run: no single timeline
                 print(f"left out: trial {trial.number} of {study_dir.name} was resumed", file=sys.stderr)
                 continue
-            final = events.Scalars("final/test_acc") if "final/test_acc" in events.Tags()["scalars"] else []
+            final = logged.get("final/test_acc", [])
             curves.append(Trial(points, trial.user_attrs["wall_s"], final[-1].value if final else None))
     return curves
 

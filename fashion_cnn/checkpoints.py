@@ -123,6 +123,15 @@ def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs", logs
     return path
 
 
+def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
+    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
 def run_config(run_dir: Path) -> dict:
     """A run's config.yaml as a mapping ({} when it has none); :class:`CheckpointError` when it is not a fit config."""
     path = run_dir / "config.yaml"

@@ -25,7 +25,6 @@ from typing import Any
 import optuna
 from matplotlib.figure import Figure
 from optuna.storages import BaseStorage
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import checkpoints, commands, figures, nets
 from fashion_cnn.callbacks import flatten
@@ -91,12 +90,10 @@ def read_run(path: Path, complete: bool = True) -> Run:
     raw = checkpoints.run_config(path)
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
     config = with_defaults(flatten(raw)) | callback_keys(callbacks)
-    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    test = events.Scalars("final/test_acc")[-1].value if "final/test_acc" in tags else None
-    val = max(e.value for e in events.Scalars("val/acc")) if "val/acc" in tags else None
-    times = [e.wall_time for tag in tags for e in events.Scalars(tag)]
+    logged = checkpoints.run_scalars(path)
+    test = logged["final/test_acc"][-1].value if "final/test_acc" in logged else None
+    val = max(e.value for e in logged["val/acc"]) if "val/acc" in logged else None
+    times = [e.wall_time for events in logged.values() for e in events]
     return Run(path, config, test, val, (max(times) - min(times)) if times else 0.0, complete)
 
 

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fashion_cnn.checkpoints import net_name, newest_run, run_config
+from fashion_cnn.checkpoints import net_name, newest_run, run_config, run_scalars
 from fashion_cnn.commands import CommandError, cannot_write, parser, run
 from fashion_cnn.figures import learning_curves_figure, save
 
@@ -33,14 +33,11 @@ NOTEBOOK_LABEL = "notebook's printed log (epochs 1-18)"
 
 def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
     """(epochs, test losses, test accuracies in 0..1) logged by a run, one point per evaluated epoch."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
-
     if not run_dir.is_dir() or not any(run_dir.glob(EVENTS)):
         raise CommandError(f"{run_dir}: no TensorBoard event files ({EVENTS}); give --run a lightning_logs/version_N "
                            f"directory of a training run")
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
+    logged = run_scalars(run_dir)
+    tags = set(logged)
     if not {"test/acc", "test/loss"} <= tags and "val/acc" in tags:
         raise CommandError(f"{run_dir}: the run never read the test set (data.test: false, a model-selection run), "
                            f"and report draws test curves beside the notebook's; compare such runs with "
@@ -49,8 +46,8 @@ def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[floa
         raise CommandError(f"{run_dir}: the run logged no test/acc and test/loss; train it with "
                            f"`python -m fashion_cnn.fit` (it evaluates on the test set every epoch)")
     # Steps are global steps; the `epoch` scalar logged at the same step says which epoch (0-based) it was.
-    epoch_at = {e.step: int(e.value) + 1 for e in events.Scalars("epoch")} if "epoch" in tags else {}
-    acc, loss = events.Scalars("test/acc"), events.Scalars("test/loss")
+    epoch_at = {e.step: int(e.value) + 1 for e in logged.get("epoch", [])}
+    acc, loss = logged["test/acc"], logged["test/loss"]
     epochs = [epoch_at.get(e.step, i + 1) for i, e in enumerate(acc)]
     return epochs, [e.value for e in loss], [e.value for e in acc]
 

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import data_files
+from fashion_cnn.checkpoints import run_scalars
 
 FIXTURE = Path(__file__).parent / "data" / "fashion_mnist_small"  # 512 train + 256 test images of the real set
 
@@ -52,9 +52,7 @@ requires_real_data = pytest.mark.skipif(real_data_dir() is None,
 
 def scalars(run: Path) -> dict[str, list[float]]:
     """Every scalar a run logged to TensorBoard, by tag, in step order."""
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: [e.value for e in events] for tag, events in run_scalars(run).items()}
 
 
 def tree_digest(root: Path) -> dict[str, str]:
