@@ -46,7 +46,14 @@ class Predictions:
 def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 250,
             mirror: bool = False) -> Predictions:
-    """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients.
+    """:func:`logits` of uint8 ``images`` [N, 28, 28] with their ``labels``."""
+    return Predictions(logits(net, images, normalize, batch_size, mirror), labels.cpu())
+
+
+def logits(net: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
+           batch_size: int = 250, mirror: bool = False) -> torch.Tensor:
+    """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients;
+    float32 logits [N, 10] on the CPU.
 
     ``mirror``: test-time augmentation, the mean of the logits of each image and of its left-right mirror image (for
     networks trained with horizontal flips, such as the strong config's), unless ``net`` is a
@@ -57,11 +64,11 @@ def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     model = ViewAverage(net) if mirror and not (isinstance(net, ViewAverage) and net.mirror) else net
     try:
         with torch.inference_mode():
-            logits = [model(normalize(images[i : i + batch_size].to(weight.device)).to(weight.dtype)).float().cpu()
+            chunks = [model(normalize(images[i : i + batch_size].to(weight.device)).to(weight.dtype)).float().cpu()
                       for i in range(0, len(images), batch_size)]
     finally:
         net.train(was_training)
-    return Predictions(torch.cat(logits), labels.cpu())
+    return torch.cat(chunks)
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:

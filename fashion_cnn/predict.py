@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fashion_cnn.analysis import logits
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import add_checkpoint_arguments, parser, run
 from fashion_cnn.data_files import CLASSES
@@ -173,8 +174,8 @@ def expand(inputs: list[str]) -> list[tuple[Path, str | None]]:
 
 def classify(loaded: Loaded, images: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
     """Top-``top_k`` (class name, probability) of each uint8 image [N, 28, 28], most probable first."""
-    with torch.inference_mode():  # in chunks, so a large directory does not need one huge batch
-        probs = torch.cat([loaded.net(loaded.datamodule.normalize(chunk)) for chunk in images.split(1000)]).softmax(1)
+    # in chunks, so that a large directory does not need one huge batch
+    probs = logits(loaded.net, images, loaded.datamodule.normalize, batch_size=1000).softmax(1)
     values, indices = probs.topk(min(top_k, len(CLASSES)), dim=1)
     return [[(CLASSES[i], v) for i, v in zip(row_indices, row_values, strict=True)]
             for row_indices, row_values in zip(indices.tolist(), values.tolist(), strict=True)]
