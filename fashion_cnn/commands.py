@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import NoReturn
 
 from fashion_cnn.errors import FashionCNNError
@@ -62,6 +63,18 @@ def parser(module: str, description: str) -> ArgumentParser:
 def cannot_write(place: object, err: OSError, option: str) -> CommandError:
     """The one-line error for outputs that could not be written: where, why, and the option that picks another place."""
     return CommandError(f"cannot write to {place} ({err.strerror or err}); choose a writable {option}")
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what making ``path`` would create."""
+    return [d for d in (path, *path.parents) if not d.exists()]
+
+
+def remove_empty(dirs: Iterable[Path | None]) -> None:
+    """Remove each of ``dirs``, in order, that is still an empty directory: what a command that failed had made."""
+    for directory in dirs:
+        if directory is not None and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
 
 
 def hide_library_noise() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_cnn.commands import parser, run
+from fashion_cnn.commands import missing_dirs, parser, remove_empty, run
 from fashion_cnn.errors import FashionCNNError, first_line
 
 ENV_VAR = "FASHION_MNIST_DIR"
@@ -192,15 +192,18 @@ def download(data_dir: str | Path) -> Path:
     data_dir = Path(data_dir).expanduser()
     root = data_dir / "FashionMNIST"
     before = set(root.rglob("*"))
-    made = [d for d in (data_dir, root) if not d.exists()]
+    made = missing_dirs(root)
     try:
         for train in (True, False):
             FashionMNIST(str(data_dir), train=train, download=True)
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError... all mean "no download"
         # what it wrote before failing would read as an incomplete copy next time: take it away, deepest first
         with contextlib.suppress(OSError):
-            for path in [*sorted(set(root.rglob("*")) - before, reverse=True), *reversed(made)]:
-                path.rmdir() if path.is_dir() else path.unlink()
+            written = sorted(set(root.rglob("*")) - before, reverse=True)
+            for path in written:
+                if not path.is_dir():
+                    path.unlink()
+            remove_empty([*written, *made])
         raise DataError(f"FashionMNIST was not found and downloading it into {data_dir} failed ({first_line(err)}); "
                         f"{HOW_TO_GET}") from err
     return data_dir / "FashionMNIST" / "raw"

@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from fashion_cnn.checkpoints import Loaded, load
-from fashion_cnn.commands import CommandError, add_checkpoint_arguments, cannot_write, parser, run
+from fashion_cnn.commands import (
+    CommandError,
+    add_checkpoint_arguments,
+    cannot_write,
+    missing_dirs,
+    parser,
+    remove_empty,
+    run,
+)
 from fashion_cnn.data_files import CLASSES
 from fashion_cnn.errors import first_line
 
@@ -95,13 +103,11 @@ def export(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[Path]:
     """Write the chosen formats and the JSON sidecar into ``out_dir``; returns the paths written. All or nothing:
     each file is written aside and moved into place once every one of them is, so a failed export leaves the files
     of an earlier one as they were, and no directory it made."""
-    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    made = missing_dirs(out_dir)
     try:
         return _write_together(loaded, out_dir, formats)
     except BaseException:
-        for directory in made:  # deepest first, and only while empty
-            if directory.is_dir() and not any(directory.iterdir()):
-                directory.rmdir()
+        remove_empty(made)
         raise
 
 

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import checkpoints
-from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, run
+from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, missing_dirs, remove_empty, run
 from fashion_cnn.datamodule import FashionMNISTDataModule, check_data_options
 from fashion_cnn.errors import FashionCNNError, OptionsError
 from fashion_cnn.module import FashionClassifier, check_optimizer_options
@@ -105,7 +105,7 @@ class FashionCLI(LightningCLI):
         if log_root is not None and logger.init_args.version is not None and not in_its_run:
             check_new_version(log_root, logger.init_args.version)
         if log_root is not None and logger.init_args.version is None and _is_launching_process():
-            self.new_dirs = tuple(d for d in (log_root, *log_root.parents) if not d.exists())
+            self.new_dirs = tuple(missing_dirs(log_root))
             self.new_run = reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
         precision = precision_for_this_cpu(trainer.precision, str(trainer.accelerator))
@@ -126,9 +126,7 @@ class FashionCLI(LightningCLI):
     def release_new_run(self) -> None:
         """Remove the reserved run directory (and the log directories above it that this process made) while
         nothing was written into them: a run that failed before starting leaves nothing behind."""
-        for made in (self.new_run, *self.new_dirs):
-            if made is not None and made.is_dir() and not any(made.iterdir()):
-                made.rmdir()
+        remove_empty((self.new_run, *self.new_dirs))
 
     def restore_resumed_run(self, step: int) -> None:
         """After a resume into its run that stopped at ``step`` (the trainer's global step) before training one
