@@ -438,22 +438,6 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
         frontier.main([str(study_dir)])
 
 
-def test_a_diverged_trial_is_one_line_and_the_search_goes_on(tmp_path, capsys):
-    path = write_study(tmp_path / "diverge.yaml", base="seed", search={
-        "trials": 2, "val_size": 100, "pruner": "none", "space": {"model.lr": {"low": 0.01, "high": 1e6, "log": True}}})
-    study_dir = tmp_path / "diverge"
-    study_dir.mkdir()
-    created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
-    for lr in (1e6, 0.05):  # the first diverges at once, the second learns
-        created.enqueue_trial({"model.lr": lr})
-    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
-    first, second = trials(study_dir, "diverge")
-    assert first.state == optuna.trial.TrialState.FAIL and "training loss became" in first.user_attrs["diverged"]
-    assert second.state == optuna.trial.TrialState.COMPLETE
-    captured = capsys.readouterr()
-    assert "trial 0 diverged: training loss became" in captured.out and "Traceback" not in captured.out + captured.err
-
-
 def test_a_trial_refused_for_its_inputs_is_one_line_and_runs_once_they_are_fixed(tmp_path, capsys, no_other_copies):
     copy = tmp_path / "copy"  # not there yet: the first trial finds no dataset
     path = write_study(tmp_path / "inputs.yaml", repeat={"seeds": [0, 1]}, overrides={"data.data_dir": str(copy)})
@@ -528,41 +512,35 @@ def test_a_worker_waiting_for_the_last_trial_ends_within_a_second_of_it_not_a_he
     assert slept == [study.WAIT_POLL_S] and study.WAIT_POLL_S <= 1
 
 
-def test_a_search_trial_whose_values_cannot_run_together_is_recorded_and_the_search_goes_on(tmp_path, capsys):
+@pytest.mark.parametrize(("space", "first", "then", "said"), [
+    # a learning rate that diverges at once, then one that learns
+    ({"model.lr": {"low": 0.01, "high": 1e6, "log": True}}, {"model.lr": 1e6}, {"model.lr": 0.05},
+     ("diverged", "training loss became")),
     # both ends of the space run (erase 0 without augmentation, erase 0.5 with it); a mix in between does not
-    path = write_study(tmp_path / "mixed.yaml", base="seed", search={
-        "trials": 2, "val_size": 100, "pruner": "none",
-        "space": {"data.erase": {"low": 0.0, "high": 0.5}, "data.augment": {"choices": [False, True]}}})
-    study_dir = tmp_path / "mixed"
+    ({"data.erase": {"low": 0.0, "high": 0.5}, "data.augment": {"choices": [False, True]}},
+     {"data.erase": 0.3, "data.augment": False}, {"data.erase": 0.3, "data.augment": True},
+     ("refused", "data.erase=0.3 does nothing without augmentation")),
+    # a choice fit cannot parse, as if its base config had been edited after the study checked the space
+    ({"model.schedule": {"choices": ["constant", "cosine"]}}, {"model.schedule": "cosine"},
+     {"model.schedule": "constant"}, ("refused", "fit could not parse its config")),
+])
+def test_a_search_trial_that_fails_for_its_values_is_recorded_and_the_search_goes_on(tmp_path, capsys, monkeypatch,
+                                                                                     space, first, then, said):
+    monkeypatch.setattr(study_file, "check_fit_args", lambda spec, bad: None)  # the pre-check would refuse some
+    path = write_study(tmp_path / "fails.yaml", base="seed", search={
+        "trials": 2, "val_size": 100, "pruner": "none", "space": space})
+    study_dir = tmp_path / "fails"
     study_dir.mkdir()
     created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
-    for erase, augment in ((0.3, False), (0.3, True)):
-        created.enqueue_trial({"data.erase": erase, "data.augment": augment})
+    for params in (first, then):
+        created.enqueue_trial(params)
     assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
-    first, second = trials(study_dir, "mixed")  # the refused one is not queued again: the search is not stuck on it
-    assert first.state == optuna.trial.TrialState.FAIL and "does nothing without augmentation" in first.user_attrs[
-        "refused"]
-    assert second.state == optuna.trial.TrialState.COMPLETE
-    assert "trial 0 refused: data.erase=0.3 does nothing without augmentation" in capsys.readouterr().out
-
-
-def test_a_trial_whose_config_fit_cannot_parse_is_recorded_and_the_search_goes_on(tmp_path, capsys, monkeypatch):
-    # as if its base config had been edited after the study checked the space: fit's parser exits in the trial
-    monkeypatch.setattr(study_file, "check_fit_args", lambda spec, bad: None)
-    path = write_study(tmp_path / "parse.yaml", base="seed", search={
-        "trials": 2, "val_size": 100, "pruner": "none",
-        "space": {"model.schedule": {"choices": ["constant", "cosine"]}}})
-    study_dir = tmp_path / "parse"
-    study_dir.mkdir()
-    created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
-    for schedule in ("cosine", "constant"):
-        created.enqueue_trial({"model.schedule": schedule})
-    assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
-    first, second = trials(study_dir, "parse")
-    assert first.state == optuna.trial.TrialState.FAIL and "fit could not parse" in first.user_attrs["refused"]
-    assert second.state == optuna.trial.TrialState.COMPLETE
+    failed, completed = trials(study_dir, "fails")  # the failed one is not queued again: the search is not stuck on it
+    what, why = said
+    assert failed.state == optuna.trial.TrialState.FAIL and why in failed.user_attrs[what]
+    assert completed.state == optuna.trial.TrialState.COMPLETE
     captured = capsys.readouterr()
-    assert "trial 0 refused: fit could not parse its config" in captured.out and "model.schedule" in captured.err
+    assert f"trial 0 {what}: {why}" in captured.out and "Traceback" not in captured.out + captured.err
 
 
 def test_a_comment_in_the_base_config_does_not_make_another_study(tmp_path):
