@@ -97,11 +97,6 @@ def find(data_dir: str | Path | None) -> Path | None:
         raise DataError(f"data_dir {data_dir} is a file, not a directory; point data_dir at a directory")
     names = [file_name(s, k) for s in FILE_SPLITS for k in ("images", "labels")]
     for label, directory in candidate_dirs(data_dir):
-        if label == "Debian package" and (named := os.environ.get(ENV_VAR)):  # the copy a user named is not there
-            if not Path(named).expanduser().is_dir():
-                raise DataError(f"${ENV_VAR}={named} is not a directory; unset it or {HOW_TO_GET}")
-            raise DataError(f"${ENV_VAR}={named} holds no FashionMNIST copy (the four idx files, in "
-                            f"it or in its FashionMNIST/raw/); point it at the directory that holds them, or unset it")
         present = [n for n in names if _file_in(directory, n)]
         if len(present) == len(names):
             return directory
@@ -214,6 +209,11 @@ def locate(data_dir: str | Path, allow_download: bool = True) -> Path:
     found = find(data_dir)
     if found is not None:
         return found
+    if named := os.environ.get(ENV_VAR):  # the copy a user named is not there: no download of another one
+        if not Path(named).expanduser().is_dir():
+            raise DataError(f"${ENV_VAR}={named} is not a directory; unset it or {HOW_TO_GET}")
+        raise DataError(f"${ENV_VAR}={named} holds no FashionMNIST copy (the four idx files, in it or in its "
+                        f"FashionMNIST/raw/), and there is no other; point it at the directory that holds them")
     if not allow_download:
         places = ", ".join(str(d) for _, d in candidate_dirs(data_dir))
         raise DataError(f"FashionMNIST not found (looked in {places}); {HOW_TO_GET}")
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        directory = find(args.data_dir) or (download(args.data_dir) if args.download else None)
+        directory = locate(args.data_dir) if args.download else find(args.data_dir)
         if directory is None:
             places = ", ".join(str(d) for _, d in candidate_dirs(args.data_dir))
             print(f"FashionMNIST not found (looked in {places})", file=sys.stderr)

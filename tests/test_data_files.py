@@ -76,20 +76,27 @@ def test_search_order_data_dir_then_env_then_system(monkeypatch, tmp_path, fixtu
     assert find(tmp_path / "empty") == FIXTURE
 
 
-def test_a_fashion_mnist_dir_without_a_copy_is_an_error_not_a_download_elsewhere(monkeypatch, tmp_path):
+def test_a_fashion_mnist_dir_without_a_copy_is_an_error_not_a_download_elsewhere(monkeypatch, tmp_path,
+                                                                                   no_other_copies):
     # e.g. torchvision's FashionMNIST/ folder instead of its raw/ or its parent: before, found nothing and downloaded
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: pytest.fail("downloaded"))
     wrong = tmp_path / "data" / "FashionMNIST"
     shutil.copytree(FIXTURE, wrong / "raw")
     monkeypatch.setenv(data_files.ENV_VAR, str(wrong))
-    monkeypatch.setattr(data_files, "SYSTEM_DIR", FIXTURE)  # even with another copy on the machine
     with pytest.raises(DataError, match=r"FASHION_MNIST_DIR=.*/data/FashionMNIST holds no FashionMNIST copy"):
-        find(tmp_path / "empty")
-    assert find(tmp_path / "data") == wrong / "raw"  # a data_dir that holds one is used first, as before
+        locate(tmp_path / "empty", allow_download=True)
+    assert data_files.main(["--data_dir", str(tmp_path / "empty"), "--download"]) == 1
+    assert locate(tmp_path / "data") == wrong / "raw"  # a data_dir that holds one is used first, as before
+    monkeypatch.setattr(data_files, "SYSTEM_DIR", FIXTURE)  # another copy on the machine: used (make study does so)
+    assert locate(tmp_path / "empty") == FIXTURE
+    monkeypatch.setattr(data_files, "SYSTEM_DIR", tmp_path / "no-system-copy")
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv(data_files.ENV_VAR, str(tmp_path / "a_file"))
-    assert find(tmp_path / "data") == wrong / "raw"  # ... whatever the variable says
+    assert locate(tmp_path / "data") == wrong / "raw"  # ... whatever the variable says
     with pytest.raises(DataError, match=r"FASHION_MNIST_DIR=.*a_file is not a directory; unset it"):
-        find(tmp_path / "empty")
+        locate(tmp_path / "empty", allow_download=True)
 
 
 def test_uncompressed_files_are_accepted(tmp_path):
