@@ -101,7 +101,7 @@ def collect(target: Path, storage: str | BaseStorage | None = None, study_name: 
     """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete).
     ``storage``: the study's Optuna storage, opened or as a URL (``journal:PATH`` too), when not its study.db."""
     db = target / "study.db"
-    if storage or db.is_file():
+    if (storage or db.is_file()) and not checkpoints.RUN_DIR.fullmatch(target.name):
         from fashion_cnn.study import open_storage  # here: study imports this module
 
         if not isinstance(storage, BaseStorage):
@@ -270,14 +270,14 @@ def report(targets: list[Path], out: Path | None = None, storage: str | BaseStor
            study_name: str | None = None, baseline: list[Path] | None = None) -> str:
     """The Markdown comparison of ``targets`` (and of ``baseline``, with each group's gain over it); also saved
     (with the PNG) as ``comparison.md`` and ``.png`` in ``out`` (default: the first target's directory).
+    ``storage``: that of the study ``targets`` name, where it is not its study.db (each baseline reads its own).
 
     ``baseline`` is one config's runs: a repeat study or a run directory, or several (its seeds run as two studies).
     """
     named = " ".join(map(str, baseline or []))
     base_runs = None
     if baseline:  # each run once, however many of the paths lead to it
-        base_runs = list({r.path.resolve(): r for b in baseline for r in collect(Path(b), storage, study_name)
-                          if r.complete}.values())
+        base_runs = list({r.path.resolve(): r for b in baseline for r in collect(Path(b)) if r.complete}.values())
     if baseline and not base_runs:
         raise commands.CommandError(f"--baseline {named}: no finished runs there")
     if base_runs and len(groups(base_runs, differing_keys(base_runs))) > 1:
@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="the Optuna storage of the study directories given, where it is not their "
                    "study.db: journal:PATH, or a server's URL (as given to python -m fashion_cnn.study)")
     args = p.parse_args(argv)
+    if args.storage and len(args.targets) > 1:
+        p.error("--storage is one study's storage: give that study's directory alone (others as --baseline)")
     return commands.run(PROG, lambda: print(report(args.targets, args.out, args.storage, baseline=args.baseline)) or 0)
 
 

@@ -484,17 +484,24 @@ def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tm
 
 def test_a_study_on_a_journal_file_runs_to_its_table_and_compare_reads_it(tmp_path, capsys):
     # the shared-filesystem setup of docs/studies.md: its report read the journal as if it were a database URL
-    path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0]})
+    path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0, 1]})
     study_dir = tmp_path / "shared"
     study_dir.mkdir()
     url = f"journal:{study_dir / 'journal.log'}"
     assert study.main([str(path), "--dir", str(study_dir), "--storage", url, "--workers", "1"]) == 0
-    assert "| (same config) | 1 |" in capsys.readouterr().out and not (study_dir / "study.db").exists()
+    assert "| (same config) | 2 |" in capsys.readouterr().out and not (study_dir / "study.db").exists()
     assert compare.main([str(study_dir), "--storage", url, "--out", str(tmp_path / "cmp")]) == 0
-    assert "| (same config) | 1 |" in capsys.readouterr().out
+    assert "| (same config) | 2 |" in capsys.readouterr().out
     assert compare.main([str(study_dir), "--storage", f"journal:{tmp_path}/nowhere/j.log"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach the storage journal:" in err and "make it first" in err
+    # the storage is the study's: a run directory given is read as that run, and two targets are a usage error
+    run_dir = study_dir / "lightning_logs" / "version_0"
+    assert compare.main([str(run_dir), "--storage", url, "--out", str(tmp_path / "one")]) == 0
+    assert "| (same config) | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        compare.main([str(study_dir), str(run_dir), "--storage", url])
+    assert usage.value.code == 2 and "--storage is one study's storage" in capsys.readouterr().err
 
 
 def test_a_worker_waiting_for_the_last_trial_ends_within_a_second_of_it_not_a_heartbeat(tmp_path, monkeypatch):
