@@ -96,9 +96,13 @@ def run(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: error: {err.filename or 'a file'}: permission denied; run as a user who may use it, or "
               f"choose another path", file=sys.stderr)
         return BAD_INPUT
-    except BrokenPipeError:  # `... | head` has what it wanted: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's final flush fails again
-        return BROKEN_PIPE
+    except BrokenPipeError:
+        try:  # is it stdout's reader that left (`... | head`)? Then stop quietly, as Unix tools do. (A write
+            print(flush=True)  # that failed leaves nothing to flush: only a new one can tell)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's final flush fails again
+            return BROKEN_PIPE
+        raise  # another pipe (a worker process's, say): a bug to see
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -77,6 +77,14 @@ def test_an_output_place_that_cannot_be_written_is_one_line(command, args, train
     assert "choose a writable --out" in err and blocked.read_text() == "mine" and tree_digest(trained_run) == before
 
 
+def test_a_broken_pipe_that_is_not_stdouts_is_not_hidden(capsys):
+    def body() -> int:  # a worker process's pipe, say, while the reader of stdout is still there
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        commands.run("python -m fashion_cnn.x", body)
+
+
 def test_other_exceptions_are_bugs_and_are_not_hidden():
     def body() -> int:
         raise ZeroDivisionError
