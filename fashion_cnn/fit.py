@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -75,6 +75,14 @@ class FitParser(OneLineUsage, LightningArgumentParser):
         # otherwise be signed by the script's file name (__main__.py)
         kwargs["prog"] = kwargs.get("prog") or PROG
         super().__init__(*args, **kwargs)
+
+
+class RefusingParser(FitParser):
+    """The fit parser for a fit run inside another command (a study's trial, or its check of a study file): a
+    usage error raises :class:`~fashion_cnn.errors.OptionsError` for that command to report, instead of exiting."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        raise OptionsError(" ".join(str(message).split()))
 
 
 class FashionCLI(LightningCLI):
@@ -340,28 +348,30 @@ def main(argv: list[str] | None = None) -> int:
     return run(PROG, lambda: train(argv).status)
 
 
-def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = (), how_to_continue: str | None = None
-          ) -> FitResult:
+def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = (), how_to_continue: str | None = None,
+          parser_class: type[FitParser] = FitParser) -> FitResult:
     """One fit run, as ``python -m fashion_cnn.fit ARGV`` does it, with ``callbacks`` added to the configured ones.
     ``how_to_continue``: what a stopped run's message tells the user to do with its last.ckpt, for a caller that
     resumes it its own way (a study's trial), instead of fit's ``--ckpt_path last``.
 
     Returns what it left (:class:`FitResult`); a problem with the inputs raises
-    :class:`~fashion_cnn.errors.FashionCNNError`, a usage error ``SystemExit(2)``, and an exception raised by a
-    callback (such as ``optuna.TrialPruned``) goes through to the caller.
+    :class:`~fashion_cnn.errors.FashionCNNError`, a usage error ``SystemExit(2)`` (with ``parser_class=
+    RefusingParser``, an :class:`~fashion_cnn.errors.OptionsError`), and an exception raised by a callback (such as
+    ``optuna.TrialPruned``) goes through to the caller.
     """
     # jsonargparse leaves its parser in a ContextVar, and the parser keeps the CLI alive, with its trainer, model
     # and data: in a copied context, all of that is dropped when the run returns. Lightning's objects refer to
     # each other in cycles, so collect them at once: the memory then goes back before the interpreter's shutdown,
     # which is when a process that imported torch reaches its peak RSS (docs/performance.md).
     try:
-        return contextvars.copy_context().run(partial(_fit_and_test, argv, tuple(callbacks), how_to_continue))
+        return contextvars.copy_context().run(partial(_fit_and_test, argv, tuple(callbacks), how_to_continue,
+                                                      parser_class))
     finally:
         gc.collect()
 
 
-def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = (), how_to_continue: str | None = None
-                  ) -> FitResult:
+def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = (), how_to_continue: str | None = None,
+                  parser_class: type[FitParser] = FitParser) -> FitResult:
     start = time.perf_counter()
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
     # args= given explicitly (resolved names, or a study's trial): Lightning would warn that it is not sys.argv.
@@ -372,7 +382,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
             FashionMNISTDataModule,
             run=False,
             args=argv,
-            parser_class=FitParser,
+            parser_class=parser_class,
             parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
             extra_callbacks=callbacks,
         )

@@ -181,8 +181,9 @@ def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=spec.metric))
         print(f"{PROG}: trial {trial.number}: {params}", flush=True)
         try:
-            result = fit.train(argv, callbacks=callbacks, how_to_continue=AGAIN)
-        # a search's legitimate outcomes, which the same values would meet again: recorded as failed, in one line
+            result = fit.train(argv, callbacks=callbacks, how_to_continue=AGAIN, parser_class=fit.RefusingParser)
+        # a search's legitimate outcomes, which the same values would meet again (values fit refuses, its parser
+        # too: the base config edited since the study checked the space, say): recorded as failed, in one line
         except (TrainingDiverged, OptionsError) as err:
             what = "diverged" if isinstance(err, TrainingDiverged) else "refused"
             print(f"{PROG}: trial {trial.number} {what}: {err}", flush=True)
@@ -191,14 +192,6 @@ def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial
         except FashionCNNError:  # its data, a full disk, a checkpoint: the same trial runs again once it is fixed
             _run_again(trial)
             raise
-        except SystemExit as usage:
-            if not usage.code:
-                raise
-            # fit's parser refused the trial's config and said why (its base config edited since the study checked
-            # the space, say): recorded as refused, and the search goes on
-            print(f"{PROG}: trial {trial.number} refused: fit could not parse its config (the line above)", flush=True)
-            trial.set_user_attr("refused", "fit could not parse its config")
-            return float("nan")
         if result.status != 0:  # Ctrl-C or SIGTERM
             _run_again(trial)
             raise Stopped(result.status)

@@ -255,17 +255,6 @@ def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.Base
     return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
 
 
-class _Refused(FashionCNNError):
-    pass
-
-
-class _CheckParser(fit.FitParser):
-    """The fit parser, raising instead of exiting: the study says which key of its file is wrong."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        raise _Refused(" ".join(str(message).split()))
-
-
 class _CheckCLI(fit.FashionCLI):
     """Fit's CLI stopped once its config is parsed and its values checked (``SystemExit(0)``, as ``--print_config``
     stops), before it seeds or builds anything."""
@@ -291,11 +280,11 @@ def check_fit_args(study: Study, bad: Refuse) -> None:
                     warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
                 _CheckCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False, args=argv,
-                          parser_class=_CheckParser,
+                          parser_class=fit.RefusingParser,
                           parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
-        except SystemExit as done:  # parsed and checked (_CheckParser raises on a parse error instead of exiting)
+        except SystemExit as done:  # parsed and checked (the parser raises on a parse error instead of exiting)
             if done.code:
                 raise
             continue
-        except FashionCNNError as err:  # _Refused (the parser) or a value check
+        except FashionCNNError as err:  # the parser's error or a value check
             raise bad(f"the fit config it makes is refused: {' '.join(str(err).split())}") from None
