@@ -59,7 +59,10 @@ def trial_curves(study_dir: Path) -> list[Trial]:
             logged = run_scalars(run_dir)
             start = trial.datetime_start.timestamp()
             points = [(e.wall_time - start, e.value) for e in logged.get("test/acc", [])]
-            if points and points[0][0] < 0:  # a retried trial resumed an earlier attempt's run: no single timeline
+            if not points:  # data.test: false, a model-selection run: no test accuracy to time
+                print(f"left out: trial {trial.number} of {study_dir.name} never tested", file=sys.stderr)
+                continue
+            if points[0][0] < 0:  # a retried trial resumed an earlier attempt's run: no single timeline
                 print(f"left out: trial {trial.number} of {study_dir.name} was resumed", file=sys.stderr)
                 continue
             final = logged.get("final/test_acc", [])

@@ -20,16 +20,17 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from matplotlib.figure import Figure
-from optuna.storages import BaseStorage
 
 from fashion_cnn import checkpoints, commands, figures, nets
 from fashion_cnn.callbacks import flatten
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 PROG = "python -m fashion_cnn.compare"
 SEED_KEYS = {"seed_everything", "data.seed"}
@@ -102,9 +103,11 @@ def collect(target: Path, storage: str | BaseStorage | None = None, study_name: 
     ``storage``: the study's Optuna storage, opened or as a URL (``journal:PATH`` too), when not its study.db."""
     db = target / "study.db"
     if (storage or db.is_file()) and not checkpoints.RUN_DIR.fullmatch(target.name):
+        import optuna  # only for studies: plain runs are compared without it
+
         from fashion_cnn.study import open_storage  # here: study imports this module
 
-        if not isinstance(storage, BaseStorage):
+        if storage is None or isinstance(storage, str):
             storage = open_storage(storage or f"sqlite:///{db}")
         names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(storage)]
         runs = []

@@ -242,8 +242,8 @@ def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.Base
         raise bad(f"{where}: expected {{low, high}} (with log: true or step) or {{choices: [...]}}, got {spec!r}")
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
-        raise bad(f"{where}: low and high must be numbers, got {low!r} and {high!r} (YAML reads 1e-3 as text: "
-                  f"write 1.0e-3)")
+        hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if any(_is_number_text(v) for v in (low, high)) else ""
+        raise bad(f"{where}: low and high must be numbers, got {low!r} and {high!r}{hint}")
     if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0 or log):
         raise bad(f"{where}: step must be a positive number, without log: true, got {step!r}")
     if low >= high:
@@ -253,6 +253,16 @@ def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.Base
     if isinstance(low, int) and isinstance(high, int) and not isinstance(step, float):
         return optuna.distributions.IntDistribution(low, high, log=log, step=step or 1)
     return optuna.distributions.FloatDistribution(float(low), float(high), log=log, step=step)
+
+
+def _is_number_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 class _CheckCLI(fit.FashionCLI):

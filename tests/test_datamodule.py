@@ -136,7 +136,11 @@ def test_erase_applies_to_training_batches_only(small_dm):
     changed = ~torch.isclose(erased, flipped, atol=1e-6)
     assert changed.flatten(1).any(1).float().mean() > 0.9 and (erased[changed] == 0).all()
     dm.hparams.erase = 1.0  # every image would be erased, if evaluation batches were
-    torch.testing.assert_close(dm.normalize(images), small_dm.normalize(images))
+    labels = small_dm.test_set.labels[:64]
+    for training in (False, True):  # the hook the trainer calls on every batch: augments in training only
+        dm.trainer = type("Trainer", (), {"training": training, "current_epoch": 0, "precision_plugin": Precision()})()
+        hooked, _ = dm.on_after_batch_transfer((images, labels), 0)
+        assert torch.equal(hooked, small_dm.normalize(images)) != training
 
 
 def test_max_shift_sets_how_far_training_images_move(small_dm):

@@ -62,6 +62,8 @@ SPACE = {"model.lr": {"low": 0.01, "high": 0.2, "log": True}}
      "step must be a positive number, without log: true"),
     ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.01, "high": 0.5, "step": 0}}}}, "step must be a posi"),
     ({"search": {"trials": 2, "space": {"model.lr": {"low": "1e-3", "high": 0.5}}}}, "write 1.0e-3"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": [0.1], "high": 0.5}}}},
+     "must be numbers, got [0.1] and 0.5\n"),  # no hint about YAML's text numbers: it is not one
     # a choice fit refuses, between two it takes: every choice is parsed, not only the first and last
     ({"search": {"trials": 2, "space": {"model.schedule": {"choices": ["constant", "cosine", "onecycle"]}}}},
      "model.schedule"),
