@@ -30,8 +30,8 @@ import optuna
 import torch
 
 from benchmarks.bench import ROOT, circumstances
-from fashion_cnn.checkpoints import run_scalars, study_run_dir
 from fashion_cnn.compare import mean_std_ci
+from fashion_cnn.runs import run_scalars, study_run_dir
 
 TARGETS = (0.885, 0.90, 0.92, 0.93, 0.94, 0.95)
 DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong12_repeats", "strong_repeats")

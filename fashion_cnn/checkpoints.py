@@ -3,6 +3,7 @@
 ``best`` and ``last`` name the checkpoints of the newest ``lightning_logs/version_N`` run; anything else is a path.
 Loading always uses ``weights_only=True``, so a checkpoint whose pickle would run code is refused, never executed.
 Saving (:class:`AtomicCheckpointIO`) writes beside the target and renames, so a checkpoint is never half-written.
+Where runs lie: :mod:`fashion_cnn.runs`; whether a config may resume a checkpoint: :mod:`fashion_cnn.resume`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.errors import FashionCNNError, first_line
-from fashion_cnn.module import parameter_group_count
 from fashion_cnn.nets import SeedCNN, ViewAverage
+from fashion_cnn.runs import newest, newest_run, run_dir_of
 
 NAMED = ("best", "last")
-RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
-_TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
 
 
 class CheckpointError(FashionCNNError):
@@ -83,25 +81,6 @@ class Loaded:
         return float(self.datamodule.hparams.std)
 
 
-def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoints/*.ckpt",
-               logs_option: str = "--logs_dir") -> Path:
-    """The ``version_N`` directory with the highest N that holds files matching ``holding`` (a run that died
-    early has no checkpoints, so it is passed over); ``logs_option``: the caller's option that names ``logs_dir``."""
-    logs_dir = Path(logs_dir)
-    runs = [(int(m.group(1)), p) for p in (logs_dir.iterdir() if logs_dir.is_dir() else [])
-            if (m := RUN_DIR.fullmatch(p.name)) and any(p.glob(holding))]
-    if not runs:
-        raise CheckpointError(f"no run in {logs_dir}/ has {holding} (looked in version_N/); "
-                              f"{_TRAIN_HINT}, or pass {logs_option}")
-    return max(runs)[1]
-
-
-def newest(directory: Path, pattern: str) -> Path | None:
-    """The newest file in ``directory`` matching ``pattern``: a resumed run may have left an older best-*.ckpt beside
-    the current one (whose name, with a lower epoch, sorts first)."""
-    return max(directory.glob(pattern), key=lambda p: p.stat().st_mtime, default=None)
-
-
 def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs", logs_option: str = "--logs_dir") -> Path:
     """``best``/``last`` of the newest run under ``logs_dir``, or the given path, checked to be an existing file.
 
@@ -121,40 +100,6 @@ def resolve(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs", logs
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file; give a .ckpt file inside it")
     return path
-
-
-def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
-    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
-
-
-def run_config(run_dir: Path) -> dict:
-    """A run's config.yaml as a mapping ({} when it has none); :class:`CheckpointError` when it is not a fit config."""
-    path = run_dir / "config.yaml"
-    try:
-        raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path} cannot be read ({first_line(err)}): put back the "
-                              f"config.yaml fit wrote there, or move the run aside") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
-        raise CheckpointError(f"{path}: not a fit config (a mapping with trainer, model and data)")
-    return raw
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """The run directory (parent of ``checkpoints/``), or the checkpoint's own directory outside a run."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def study_run_dir(run_dir: Path, study_dir: Path) -> Path:
-    """A study's run as it lies now: a study keeps its runs in its own directory, so when that directory has been
-    moved or copied (the database holds absolute paths), the run is the one of the same name beside the database."""
-    here = study_dir / "lightning_logs" / run_dir.name
-    return here if not run_dir.is_relative_to(study_dir.resolve()) and here.is_dir() else run_dir
 
 
 def read(path: Path) -> dict:
@@ -207,78 +152,6 @@ def build_net(net_config: dict | None) -> nn.Module:
     if not (isinstance(net_class, type) and issubclass(net_class, nn.Module)):
         raise TypeError(f"{net_name(net_config)} is not a torch.nn.Module")
     return net_class(**(net_config or {}).get("init_args", {}))
-
-
-def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) -> None:
-    """Raise :class:`CheckpointError` unless the network ``net_config`` builds has exactly the checkpoint's weights
-    (names and shapes): resuming another network would fail deep inside Lightning with a multi-line error."""
-    ours = {k: tuple(v.shape) for k, v in build_net(net_config).state_dict().items()}
-    theirs = {k.removeprefix("net."): tuple(v.shape) for k, v in checkpoint["state_dict"].items()
-              if k.startswith("net.")}
-    if ours == theirs:
-        return
-    trained, configured = net_name(checkpoint["hyper_parameters"].get("net")), net_name(net_config)
-    if trained != configured:
-        what = f"{trained}, but this config builds {configured}"
-    else:
-        differs = next(k for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k))
-        what = (f"{trained} with other options than this config's ({differs}: {theirs.get(differs)} in the "
-                f"checkpoint, {ours.get(differs)} here)")
-    raise CheckpointError(f"{path} was trained with {what}; resume it with {_resume_with(path)}")
-
-
-def check_same_optimizer(checkpoint: dict, path: Path, bn_bias_lr_scale: float) -> None:
-    """Raise :class:`CheckpointError` unless ``model.bn_bias_lr_scale`` gives the optimizer the checkpoint's parameter
-    groups: torch would refuse the optimizer state with a multi-line error."""
-    theirs = float(checkpoint["hyper_parameters"].get("bn_bias_lr_scale", 1.0))
-    if parameter_group_count(theirs) != parameter_group_count(bn_bias_lr_scale):
-        raise CheckpointError(f"{path} was trained with model.bn_bias_lr_scale={theirs:g}, whose optimizer state this "
-                              f"config's {bn_bias_lr_scale:g} cannot continue; resume it with {_resume_with(path)}")
-
-
-# Options a resumed run may change: where the data is and how it is read or evaluated, how the same network runs,
-# and the final test's views (after training)
-RESUMABLE_CHANGES = {"model.compile", "model.channels_last", "model.final_shift", "data.data_dir", "data.num_workers",
-                     "data.verify", "data.download", "data.eval_batch_size"}
-
-
-def check_same_recipe(checkpoint: dict, path: Path, model: dict, data: dict) -> None:
-    """Raise :class:`CheckpointError` unless the config's model and data options (the network aside:
-    :func:`check_same_network`; and :data:`RESUMABLE_CHANGES`) are the checkpoint's: a run resumed with another
-    recipe (``--ckpt_path last`` without the run's ``--config fast``, say) would go on silently with this one's
-    learning rate, batch size and schedule. Options the checkpoint predates are not compared."""
-    differs = [(f"{prefix}.{key}", value, ours[key])
-               for prefix, theirs, ours in (("model", checkpoint["hyper_parameters"], model),
-                                            ("data", checkpoint["datamodule_hyper_parameters"], data))
-               for key, value in theirs.items()
-               if key != "net" and not key.startswith("_") and f"{prefix}.{key}" not in RESUMABLE_CHANGES
-               and key in ours and ours[key] != value]
-    if differs:
-        trained = ", ".join(f"{name}={value}" for name, value, _ in differs[:3])
-        here = ", ".join(f"{name}={value}" for name, _, value in differs[:3])
-        more = f" and {len(differs) - 3} more" if len(differs) > 3 else ""
-        raise CheckpointError(f"{path} was trained with {trained}{more}, this config has {here}; resume it with "
-                              f"{_resume_with(path)}")
-
-
-def check_same_length(path: Path, trainer: dict) -> None:
-    """Raise :class:`CheckpointError` if the config trains for another length than the checkpoint's run (its
-    config.yaml, when there is one), for a one-cycle schedule: laid out over the run's steps, it cannot be extended,
-    and torch would fail with a traceback once past the old end. Checked before the run is touched; Lightning's own
-    setup would already write into it (:meth:`~fashion_cnn.module.FashionClassifier.configure_optimizers` checks
-    the steps themselves there, when there is no config.yaml to go by)."""
-    saved = run_config(run_dir_of(path)).get("trainer") or {}
-    for key in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches"):
-        if key in saved and saved[key] != trainer.get(key):
-            raise CheckpointError(f"{path} was trained with a one-cycle schedule laid out over trainer.{key}="
-                                  f"{saved[key]}, and this config has {trainer.get(key)}: resume it with the run's "
-                                  f"own trainer.{key} (to train longer, start a new run with the longer schedule)")
-
-
-def _resume_with(path: Path) -> str:
-    """The options that resume ``path`` as it was trained."""
-    config = run_dir_of(path) / "config.yaml"
-    return f"--config {config} --ckpt_path {path}" if config.is_file() else "the config it was trained with"
 
 
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:

@@ -65,6 +65,15 @@ def cannot_write(place: object, err: OSError, option: str) -> CommandError:
     return CommandError(f"cannot write to {place} ({err.strerror or err}); choose a writable {option}")
 
 
+def check_writable(log_root: Path, option: str) -> None:
+    """Fail before any work if runs cannot be written (rather than after an epoch of training); ``option``: the
+    caller's option that chooses the place."""
+    existing = next((p for p in (log_root, *log_root.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write runs to {log_root}: {existing} is not a writable directory; "
+                           f"choose another place with {option} DIR")
+
+
 def missing_dirs(path: Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first: what making ``path`` would create."""
     return [d for d in (path, *path.parents) if not d.exists()]

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from fashion_cnn import checkpoints, commands, figures, nets
+from fashion_cnn import commands, figures, nets
 from fashion_cnn.callbacks import flatten
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
+from fashion_cnn.runs import RUN_DIR, run_config, run_scalars, study_run_dir
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -88,10 +89,10 @@ def read_run(path: Path, complete: bool = True) -> Run:
     validation accuracy and wall time, from its config.yaml and TensorBoard events."""
     if not path.is_dir():
         raise commands.CommandError(f"{path}: no such run directory (moved or deleted?); name the runs that exist")
-    raw = checkpoints.run_config(path)
+    raw = run_config(path)
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
     config = with_defaults(flatten(raw)) | callback_keys(callbacks)
-    logged = checkpoints.run_scalars(path)
+    logged = run_scalars(path)
     test = logged["final/test_acc"][-1].value if "final/test_acc" in logged else None
     val = max(e.value for e in logged["val/acc"]) if "val/acc" in logged else None
     times = [e.wall_time for events in logged.values() for e in events]
@@ -102,7 +103,7 @@ def collect(target: Path, storage: str | BaseStorage | None = None, study_name: 
     """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete).
     ``storage``: the study's Optuna storage, opened or as a URL (``journal:PATH`` too), when not its study.db."""
     db = target / "study.db"
-    if (storage or db.is_file()) and not checkpoints.RUN_DIR.fullmatch(target.name):
+    if (storage or db.is_file()) and not RUN_DIR.fullmatch(target.name):
         import optuna  # only for studies: plain runs are compared without it
 
         from fashion_cnn.study import open_storage  # here: study imports this module
@@ -116,14 +117,14 @@ def collect(target: Path, storage: str | BaseStorage | None = None, study_name: 
                 run_dir = trial.user_attrs.get("run_dir")
                 done = trial.state == optuna.trial.TrialState.COMPLETE
                 if run_dir and (done or trial.state == optuna.trial.TrialState.PRUNED):
-                    run = read_run(checkpoints.study_run_dir(Path(run_dir), target), complete=done)
+                    run = read_run(study_run_dir(Path(run_dir), target), complete=done)
                     run.wall_s = trial.user_attrs.get("wall_s", run.wall_s)  # the whole fit, setup included
                     runs.append(run)
         return runs
-    if checkpoints.RUN_DIR.fullmatch(target.name):
+    if RUN_DIR.fullmatch(target.name):
         return [read_run(target)]
     root = target / "lightning_logs" if (target / "lightning_logs").is_dir() else target
-    found = sorted((p for p in root.iterdir() if checkpoints.RUN_DIR.fullmatch(p.name)), key=lambda p: p.name) \
+    found = sorted((p for p in root.iterdir() if RUN_DIR.fullmatch(p.name)), key=lambda p: p.name) \
         if root.is_dir() else []
     if not found:
         raise commands.CommandError(f"{target}: no runs (version_N directories) and no study.db here")

@@ -33,8 +33,8 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fashion_cnn import checkpoints
-from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, missing_dirs, remove_empty, run
+from fashion_cnn import checkpoints, resume, runs
+from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, check_writable, missing_dirs, remove_empty, run
 from fashion_cnn.datamodule import FashionMNISTDataModule, check_data_options
 from fashion_cnn.errors import FashionCNNError, OptionsError
 from fashion_cnn.module import FashionClassifier, check_optimizer_options
@@ -108,13 +108,13 @@ class FashionCLI(LightningCLI):
         trainer = self.config.trainer
         logger, log_root = trainer.logger, _log_root(trainer.logger)
         if log_root is not None:
-            check_writable(log_root)
+            check_writable(log_root, SAVE_DIR_OPTION)
         in_its_run = bool(self.config.ckpt_path) and self._resume_into_its_run()
         if log_root is not None and logger.init_args.version is not None and not in_its_run:
-            check_new_version(log_root, logger.init_args.version)
+            runs.check_new_version(log_root, logger.init_args.version)
         if log_root is not None and logger.init_args.version is None and _is_launching_process():
             self.new_dirs = tuple(missing_dirs(log_root))
-            self.new_run = reserve_run_dir(log_root)
+            self.new_run = runs.reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
         precision = precision_for_this_cpu(trainer.precision, str(trainer.accelerator))
         if precision != trainer.precision and _is_launching_process():  # last: a command refused above says only why
@@ -163,15 +163,15 @@ class FashionCLI(LightningCLI):
         path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs", SAVE_DIR_OPTION)
         checkpoint = checkpoints.read(path)
         net = self.config.model.net
-        checkpoints.check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
-        checkpoints.check_same_optimizer(checkpoint, path, self.config.model.bn_bias_lr_scale)
-        checkpoints.check_same_recipe(checkpoint, path, self.config.model.as_dict(), self.config.data.as_dict())
+        resume.check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
+        resume.check_same_optimizer(checkpoint, path, self.config.model.bn_bias_lr_scale)
+        resume.check_same_recipe(checkpoint, path, self.config.model.as_dict(), self.config.data.as_dict())
         if self.config.model.schedule == "onecycle":
-            checkpoints.check_same_length(path, self.config.trainer.as_dict())
+            resume.check_same_length(path, self.config.trainer.as_dict())
         step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
-        run = checkpoints.run_dir_of(path)
-        if log_root is not None and run.parent.resolve() == log_root.resolve() and run.name.startswith("version_"):
+        run = runs.run_dir_of(path)
+        if log_root is not None and run.parent.resolve() == log_root.resolve() and runs.RUN_DIR.fullmatch(run.name):
             logger.init_args.version = int(run.name.removeprefix("version_"))
             # What the interrupted run logged after its checkpoint is logged again on resuming: purge_step hides
             # those first copies in TensorBoard, so every step and epoch appears once.
@@ -207,35 +207,6 @@ class FashionCLI(LightningCLI):
             return ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
         return ModelCheckpoint(monitor="val/acc", mode="max", save_last=True,
                                filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}", auto_insert_metric_name=False)
-
-
-def reserve_run_dir(log_root: Path) -> Path:
-    """Create the next ``version_N`` directory under ``log_root`` and return it.
-
-    Lightning picks the next version by listing the directory, so two runs started at the same moment could pick
-    the same one; creating it here with an exclusive ``mkdir`` (and trying the next number if another process won)
-    gives every run its own.
-    """
-    log_root.mkdir(parents=True, exist_ok=True)
-    while True:
-        taken = [int(m.group(1)) for p in log_root.iterdir() if (m := checkpoints.RUN_DIR.fullmatch(p.name))]
-        run_dir = log_root / f"version_{max(taken, default=-1) + 1}"
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-
-
-def check_new_version(log_root: Path, version: int | str) -> None:
-    """Refuse a new run in the directory of an existing one (``trainer.logger.init_args.version`` naming it, as a
-    config.yaml saved before runs recorded ``version: null`` does): Lightning would stop after loading the data with
-    a traceback, and with its config.yaml removed would overwrite that run's checkpoints."""
-    run_dir = log_root / (f"version_{version}" if isinstance(version, int) else str(version))
-    if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
-        raise ConfigError(f"{run_dir} already holds a run, and trainer.logger.init_args.version={version} would "
-                          f"start a new one there: set it to null for a new run directory (or resume that run "
-                          f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
 
 
 def check_values(config: Namespace) -> None:
@@ -289,15 +260,6 @@ def precision_for_this_cpu(precision: str | int | None, accelerator: str) -> str
 def _is_launching_process() -> bool:
     """True unless this is a DDP worker of rank > 0, or the first process of node > 0: those log nothing."""
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def check_writable(log_root: Path, option: str = SAVE_DIR_OPTION) -> None:
-    """Fail before any work if runs cannot be written (rather than after an epoch of training); ``option``: the
-    caller's option that chooses the place."""
-    existing = next((p for p in (log_root, *log_root.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write runs to {log_root}: {existing} is not a writable directory; "
-                          f"choose another place with {option} DIR")
 
 
 def _is_tensorboard(logger) -> bool:

@@ -213,7 +213,7 @@ class FashionClassifier(L.LightningModule):
         spread = min(hp.momentum, 1 - hp.momentum) / 2
         total = self.trainer.estimated_stepping_batches
         # Resumed with another length, torch would fail with a traceback once past the old end. fit compares the run's
-        # config.yaml before anything is written (checkpoints.check_same_length); this covers the rest (no
+        # config.yaml before anything is written (resume.check_same_length); this covers the rest (no
         # config.yaml, another dataset size or device count). Not in on_load_checkpoint: counting the steps there
         # sets up the training data before the loop's state is restored, and the resumed run is no longer exact.
         if self.planned_steps is not None and self.planned_steps != total:

@@ -13,9 +13,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fashion_cnn.checkpoints import net_name, newest_run, run_config, run_scalars
+from fashion_cnn.checkpoints import net_name
 from fashion_cnn.commands import CommandError, cannot_write, parser, run
 from fashion_cnn.figures import learning_curves_figure, save
+from fashion_cnn.runs import newest_run, run_config, run_scalars
 
 PROG = "python -m fashion_cnn.report"
 EVENTS = "events.out.tfevents.*"

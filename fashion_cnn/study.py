@@ -33,9 +33,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from fashion_cnn import commands, fit, study_file
-from fashion_cnn.checkpoints import load, newest, study_run_dir
+from fashion_cnn.checkpoints import load
 from fashion_cnn.errors import FashionCNNError, OptionsError, first_line
 from fashion_cnn.module import TrainingDiverged
+from fashion_cnn.runs import newest, study_run_dir
 
 PROG = "python -m fashion_cnn.study"
 SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
@@ -345,7 +346,7 @@ def _run(args, argv: list[str]) -> int:
     study_dir = Path(args.dir or Path("lightning_logs") / "studies" / spec.name).absolute()
     url = args.storage or f"sqlite:///{study_dir / 'study.db'}"
     if not args.storage:
-        fit.check_writable(study_dir, "--dir")
+        commands.check_writable(study_dir, "--dir")
         study_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, args.heartbeat)  # a server that cannot be reached: refused here, before any run
     study = open_study(spec, storage)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fashion_cnn import data_files
-from fashion_cnn.checkpoints import run_scalars
+from fashion_cnn.runs import run_scalars
 
 FIXTURE = Path(__file__).parent / "data" / "fashion_mnist_small"  # 512 train + 256 test images of the real set
 

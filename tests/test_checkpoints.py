@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from fashion_cnn import evaluate, export, predict
-from fashion_cnn.checkpoints import CheckpointError, load, resolve, run_dir_of
+from fashion_cnn.checkpoints import load, resolve
 from fashion_cnn.data_files import MEAN, STD
+from fashion_cnn.runs import RunError, run_dir_of
 from tests.helpers import SMALL, best_checkpoint
 
 COMMANDS = {"evaluate": evaluate.main, "predict": predict.main, "export": export.main}
@@ -56,7 +57,7 @@ def test_best_and_last_are_those_of_the_newest_run_with_checkpoints(trained_run,
     loaded = load("best", logs)
     assert loaded.run_dir == logs / "version_2" and not loaded.net.training
     assert (loaded.mean, loaded.std) == (MEAN, STD)
-    with pytest.raises(CheckpointError, match="no run in"):
+    with pytest.raises(RunError, match="no run in"):
         resolve("best", tmp_path / "empty")
 
 

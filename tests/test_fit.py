@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_cnn import checkpoints, fit
+from fashion_cnn import fit, runs
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
 from tests.helpers import SMALL, scalars, tree_digest
@@ -243,7 +243,7 @@ def test_every_shipped_config_trains_and_tests(config, workdir):
     assert result.status == 0 and 0.0 <= result.metrics["final/test_acc"] <= 1.0
     assert (result.run_dir / "checkpoints" / "last.ckpt").is_file() and len(scalars(result.run_dir)["test/acc"]) == 1
     named = (yaml.safe_load((fit.CONFIG_DIR / f"{config}.yaml").read_text()).get("model") or {}).get("net")
-    built = checkpoints.run_config(result.run_dir)["model"]["net"]["class_path"]
+    built = runs.run_config(result.run_dir)["model"]["net"]["class_path"]
     assert built == (named["class_path"] if named else "fashion_cnn.nets.SeedCNN")  # the network it names
 
 
@@ -273,7 +273,7 @@ def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, cap
     assert lines == (["python -m fashion_cnn.fit: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where "
                       "bf16-mixed is emulated and several times slower: training in 32-true instead"]
                      if used != precision else [])
-    assert checkpoints.run_config(result.run_dir)["trainer"]["precision"] == used
+    assert runs.run_config(result.run_dir)["trainer"]["precision"] == used
 
 
 @pytest.mark.parametrize(("precision", "accelerator", "gpu", "native", "used"), [

@@ -124,7 +124,7 @@ def test_resuming_with_other_optimizer_groups_is_one_line_and_writes_nothing(tra
 
 
 def test_resuming_with_another_recipe_is_one_line_and_writes_nothing(trained_run, tmp_path, monkeypatch, capsys):
-    from fashion_cnn.checkpoints import check_same_recipe
+    from fashion_cnn.resume import check_same_recipe
 
     logs = tmp_path / "lightning_logs"
     shutil.copytree(trained_run, logs / "version_0")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fashion_cnn.fit import reserve_run_dir
+from fashion_cnn.runs import reserve_run_dir
 from tests.helpers import SMALL
 
 

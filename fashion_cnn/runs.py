@@ -1,0 +1,104 @@
+"""Run directories: making a new one (``lightning_logs/version_N``), finding them (the newest, a study's own), and
+reading what each holds (its config.yaml, its TensorBoard scalars). Checkpoint files: :mod:`fashion_cnn.checkpoints`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fashion_cnn.errors import FashionCNNError, first_line
+
+RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
+TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
+
+
+class RunError(FashionCNNError):
+    """A run directory that cannot be found or read; the message is one line: what is wrong and how to fix it."""
+
+
+def reserve_run_dir(log_root: Path) -> Path:
+    """Create the next ``version_N`` directory under ``log_root`` and return it.
+
+    Lightning picks the next version by listing the directory, so two runs started at the same moment could pick
+    the same one; creating it here with an exclusive ``mkdir`` (and trying the next number if another process won)
+    gives every run its own.
+    """
+    log_root.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(m.group(1)) for p in log_root.iterdir() if (m := RUN_DIR.fullmatch(p.name))]
+        run_dir = log_root / f"version_{max(taken, default=-1) + 1}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+
+
+def check_new_version(log_root: Path, version: int | str) -> None:
+    """Refuse a new run in the directory of an existing one (``trainer.logger.init_args.version`` naming it, as a
+    config.yaml saved before runs recorded ``version: null`` does): Lightning would stop after loading the data with
+    a traceback, and with its config.yaml removed would overwrite that run's checkpoints."""
+    run_dir = log_root / (f"version_{version}" if isinstance(version, int) else str(version))
+    if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
+        raise RunError(f"{run_dir} already holds a run, and trainer.logger.init_args.version={version} would "
+                       f"start a new one there: set it to null for a new run directory (or resume that run "
+                       f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
+
+
+def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoints/*.ckpt",
+               logs_option: str = "--logs_dir") -> Path:
+    """The ``version_N`` directory with the highest N that holds files matching ``holding`` (a run that died
+    early has no checkpoints, so it is passed over); ``logs_option``: the caller's option that names ``logs_dir``."""
+    logs_dir = Path(logs_dir)
+    runs = [(int(m.group(1)), p) for p in (logs_dir.iterdir() if logs_dir.is_dir() else [])
+            if (m := RUN_DIR.fullmatch(p.name)) and any(p.glob(holding))]
+    if not runs:
+        raise RunError(f"no run in {logs_dir}/ has {holding} (looked in version_N/); "
+                       f"{TRAIN_HINT}, or pass {logs_option}")
+    return max(runs)[1]
+
+
+def newest(directory: Path, pattern: str) -> Path | None:
+    """The newest file in ``directory`` matching ``pattern``: a resumed run may have left an older best-*.ckpt beside
+    the current one (whose name, with a lower epoch, sorts first)."""
+    return max(directory.glob(pattern), key=lambda p: p.stat().st_mtime, default=None)
+
+
+def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
+    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def run_config(run_dir: Path) -> dict:
+    """A run's config.yaml as a mapping ({} when it has none); :class:`RunError` when it is not a fit config."""
+    path = run_dir / "config.yaml"
+    try:
+        raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunError(f"{path} cannot be read ({first_line(err)}): put back the "
+                       f"config.yaml fit wrote there, or move the run aside") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
+        raise RunError(f"{path}: not a fit config (a mapping with trainer, model and data)")
+    return raw
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory (parent of ``checkpoints/``), or the checkpoint's own directory outside a run."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def study_run_dir(run_dir: Path, study_dir: Path) -> Path:
+    """A study's run as it lies now: a study keeps its runs in its own directory, so when that directory has been
+    moved or copied (the database holds absolute paths), the run is the one of the same name beside the database."""
+    here = study_dir / "lightning_logs" / run_dir.name
+    return here if not run_dir.is_relative_to(study_dir.resolve()) and here.is_dir() else run_dir
+
+
