@@ -110,13 +110,17 @@ def read(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch raises this when the pickle asks for anything beyond tensors and plain containers: code to run.
+        # torch says this when the pickle asks for anything beyond tensors and plain containers (code to run), and
+        # also when the file is no pickle at all (a YAML or PNG file: "Unsupported operand")
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"it asks for {found.group(1)}" if found else "torch refused it under weights_only=True"
+        if not found:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint; give a .ckpt file fit wrote "
+                                  f"(e.g. lightning_logs/version_N/checkpoints/last.ckpt)") from None
         raise CheckpointError(
-            f"{path} is not a plain weights checkpoint: its pickle would run code ({what}), so it was not loaded; "
-            f"use a checkpoint written by fashion_cnn.fit, and open other files only if you trust them") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+            f"{path} is not a plain weights checkpoint: its pickle would run code (it asks for {found.group(1)}), "
+            f"so it was not loaded; use a checkpoint written by fashion_cnn.fit, and open other files only if you "
+            f"trust them") from None
+    except Exception as err:  # e.g. RuntimeError, EOFError, BadZipFile, or IndexError for some text files
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err, 160)}); "
                               f"copy it again or use another checkpoint (e.g. last.ckpt of the same run)") from None
     missing = [k for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")

@@ -79,6 +79,24 @@ def test_truncated_checkpoint(command, trained_run, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("name", "content"), [
+    ("config.yaml", b"a: 1\n"),  # torch.load fails with an IndexError
+    ("notes.txt", b"# not a checkpoint\n"),  # an UnpicklingError, the kind a hostile pickle gets too
+    ("picture.png", None),
+])
+def test_a_file_that_is_no_checkpoint_is_called_so(name, content, tmp_path, capsys):
+    other = tmp_path / name
+    if content is None:
+        Image.new("L", (28, 28)).save(other)
+    else:
+        other.write_bytes(content)
+    before = other.read_bytes()
+    assert run_command("evaluate", str(other), tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m fashion_cnn.evaluate: error: {other} is ") and err.count("\n") == 1, err
+    assert "not a PyTorch checkpoint" in err and "would run code" not in err and other.read_bytes() == before
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_checkpoint_whose_pickle_would_run_code_is_refused_unopened(command, tmp_path, capsys):
     marker = tmp_path / "pwned"
