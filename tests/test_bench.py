@@ -140,6 +140,21 @@ def test_every_variant_reports_through_the_same_protocol(tmp_path, monkeypatch):
     assert callable(bare.bare) and "bare.bare(6, 0.885, " in code
 
 
+@pytest.mark.parametrize("name", ["notebook", "floor", "floor_cl"])
+def test_each_yardstick_trains_reports_each_epoch_and_stops_at_its_target(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BENCH_TURNS", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the notebook's copy of the raw files
+    monkeypatch.setattr("fashion_cnn.data_files.OFFICIAL", {})  # the fixture is a cut: not the release's checksums
+    variant = getattr(workers, name)
+    variant(2, None, str(FIXTURE))  # no target: every epoch
+    reports = [r for line in capsys.readouterr().out.splitlines() if (r := read_report(line))]
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert all(0 <= r["acc"] <= 1 and (r["acc"] * 256).is_integer() for r in reports)  # the fixture's 256 tested
+    variant(3, 0.0, str(FIXTURE))  # any accuracy reaches 0: it stops after the first epoch
+    reports = [r for line in capsys.readouterr().out.splitlines() if (r := read_report(line))]
+    assert [r["epoch"] for r in reports] == [1]
+
+
 def test_the_bare_trainer_variant_reports_each_epoch_and_stops_at_its_target(capsys, monkeypatch):
     monkeypatch.delenv("BENCH_TURNS", raising=False)
     bare.bare(3, 0.0, str(FIXTURE), verify=False)  # any accuracy reaches 0: it stops after the first epoch
