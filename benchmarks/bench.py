@@ -167,6 +167,8 @@ def print_times_to_target(results: dict[str, dict], target: float) -> float | No
 
 
 def main() -> None:
+    """``python -m benchmarks.bench`` (``make bench``, ``make bench-fast``): run the variants, print and save the
+    table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (the first is a warm-up)")

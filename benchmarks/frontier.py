@@ -76,6 +76,7 @@ def full_threads() -> int:
 
 
 def first_reached(curve: Trial, target: float) -> float | None:
+    """The seconds at which ``curve`` first reaches ``target`` test accuracy (None: never)."""
     return next((t for t, acc in curve.points if acc >= target), None)
 
 
@@ -94,6 +95,7 @@ def notebook_cells(bench_json: Path) -> dict[float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.frontier`` (``make frontier``): the time-to-accuracy table; its exit status."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.frontier", description=__doc__.split("\n")[0])
     p.add_argument("studies", nargs="*", type=Path,
                    default=[ROOT / "lightning_logs" / "studies" / s for s in DEFAULT_STUDIES])

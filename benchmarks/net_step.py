@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import yaml
 
 from fashion_cnn.checkpoints import build_net
+from fashion_cnn.commands import positive
 from fashion_cnn.fit import CONFIG_DIR, precision_for_this_cpu
 from fashion_cnn.study_file import fit_values, with_overrides
 
@@ -34,7 +36,8 @@ def config_values(name: str) -> dict:
     return fit_values(CONFIG_DIR / f"{name}.yaml")
 
 
-def stepper(net_config: dict, batch: int, bf16: bool, channels_last: bool, compiled: bool = False):
+def stepper(net_config: dict, batch: int, bf16: bool, channels_last: bool,
+            compiled: bool = False) -> Callable[[], None]:
     """A function that runs one training step of the network ``net_config`` builds (compiled in place, as
     ``model.compile`` does it, with ``compiled``)."""
     torch.manual_seed(0)
@@ -56,14 +59,8 @@ def stepper(net_config: dict, batch: int, bf16: bool, channels_last: bool, compi
     return step
 
 
-def positive(text: str) -> int:
-    """An argparse type: a positive integer."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
 def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.net_step``: time the variants in turns and print their milliseconds per step."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.net_step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="strong", help="a shipped config with a model.net (default: strong)")

@@ -27,6 +27,7 @@ FIXTURE = ROOT / "tests" / "data" / "fashion_mnist_small"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.study_overhead``: a study's own seconds and memory per trial; its exit status."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.study_overhead", description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=20, help="at least 2")
     p.add_argument("--json", type=Path, help="also write the figures and the circumstances here")

@@ -41,6 +41,8 @@ def measure(spec: Path, workers: int, directory: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.study_workers``: trials per hour of the same study under each ``--workers`` setting;
+    its exit status."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.study_workers", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=4, help="trials per study")
     p.add_argument("--epochs", type=int, default=3, help="epochs per trial")

@@ -1,6 +1,7 @@
-"""Numbers about a model's test-set predictions: logits, confusion matrix, per-class scores, mistakes worth showing.
+"""Numbers about a model's predictions: logits, confusion matrix, per-class scores, mistakes worth showing.
 
-Shared by the training-time picture callback and ``python -m fashion_cnn.evaluate``, so both report the same thing.
+Shared by the training-time picture callback, ``evaluate`` (on the test or the validation split), ``predict`` (on
+a user's own images) and a study's winner, so all of them report the same thing.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from fashion_cnn.nets import ViewAverage
 
 
 @dataclass(frozen=True)
@@ -43,28 +42,22 @@ class Predictions:
         return F.cross_entropy(self.logits.double(), self.labels).item()
 
 
-def predict(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-            normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 250,
-            mirror: bool = False) -> Predictions:
+def predictions(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 250) -> Predictions:
     """:func:`logits` of uint8 ``images`` [N, 28, 28] with their ``labels``."""
-    return Predictions(logits(net, images, normalize, batch_size, mirror), labels.cpu())
+    return Predictions(logits(net, images, normalize, batch_size), labels.cpu())
 
 
 def logits(net: nn.Module, images: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
-           batch_size: int = 250, mirror: bool = False) -> torch.Tensor:
+           batch_size: int = 250) -> torch.Tensor:
     """Run ``net`` in eval mode over uint8 ``images`` [N, 28, 28], ``batch_size`` at a time, without gradients;
-    float32 logits [N, 10] on the CPU.
-
-    ``mirror``: test-time augmentation, the mean of the logits of each image and of its left-right mirror image (for
-    networks trained with horizontal flips, such as the strong config's), unless ``net`` is a
-    :class:`~fashion_cnn.nets.ViewAverage` that already has them."""
+    float32 logits [N, 10] on the CPU. Test-time views: ``net`` a :class:`~fashion_cnn.nets.ViewAverage`."""
     weight = next(net.parameters())  # inputs in its device and dtype (float64 under fit's 64-true, say)
     was_training = net.training
     net.eval()  # dropout off; restored below, since the callback calls this in the middle of training
-    model = ViewAverage(net) if mirror and not (isinstance(net, ViewAverage) and net.mirror) else net
     try:
         with torch.inference_mode():
-            chunks = [model(normalize(images[i : i + batch_size].to(weight.device)).to(weight.dtype)).float().cpu()
+            chunks = [net(normalize(images[i : i + batch_size].to(weight.device)).to(weight.dtype)).float().cpu()
                       for i in range(0, len(images), batch_size)]
     finally:
         net.train(was_training)

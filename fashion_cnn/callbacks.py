@@ -11,9 +11,10 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-from fashion_cnn.analysis import confusion_matrix, per_class_scores, predict
+from fashion_cnn.analysis import confusion_matrix, per_class_scores, predictions
 from fashion_cnn.data_files import CLASSES
 from fashion_cnn.figures import evaluation_figures
+from fashion_cnn.nets import ViewAverage
 
 
 class EpochSummary(L.Callback):
@@ -78,9 +79,10 @@ class PredictionPictures(L.Callback):
         epoch, step = trainer.current_epoch + 1, trainer.global_step
         self._logged_step = step
         net = getattr(pl_module, "net", pl_module)
+        if pl_module.hparams.get("eval_mirror"):  # the per-epoch test's views; in net's mode, which logits restores
+            net = ViewAverage(net).train(net.training)
         dm = trainer.datamodule
-        preds = predict(net, test_set.images, test_set.labels, dm.normalize, batch_size=dm.hparams.eval_batch_size,
-                        mirror=pl_module.hparams.get("eval_mirror", False))
+        preds = predictions(net, test_set.images, test_set.labels, dm.normalize, batch_size=dm.hparams.eval_batch_size)
         cm = confusion_matrix(preds.labels, preds.predicted, len(CLASSES))
         recall = per_class_scores(cm)["recall"]
         logger.log_metrics({f"test_class_acc/{name}": float(recall[i]) for i, name in enumerate(CLASSES)}, step)

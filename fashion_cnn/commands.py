@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, one_line
 
 BAD_INPUT, USAGE, INTERRUPTED, BROKEN_PIPE, TERMINATED = 1, 2, 130, 141, 143
 
@@ -54,10 +54,16 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parser(module: str, description: str) -> ArgumentParser:
-    """The argument parser of ``python -m fashion_cnn.<module>``."""
-    return ArgumentParser(prog=f"python -m fashion_cnn.{module}", description=description,
-                          formatter_class=DefaultsHelp)
+def parser(prog: str, description: str) -> ArgumentParser:
+    """A command's argument parser; ``prog``: how it is run (``python -m fashion_cnn.<module>``)."""
+    return ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelp)
+
+
+def positive(text: str) -> int:
+    """An argparse type: a positive integer (``--workers 0`` is a usage error)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def cannot_write(place: object, err: OSError, option: str) -> CommandError:
@@ -99,7 +105,7 @@ def run(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except FashionCNNError as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return BAD_INPUT
     except PermissionError as err:  # anywhere a path is looked at: Path.exists() itself raises it
         print(f"{prog}: error: {err.filename or 'a file'}: permission denied; run as a user who may use it, or "

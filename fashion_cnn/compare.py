@@ -273,7 +273,8 @@ def figure(runs: list[Run]) -> Figure:
 def report(targets: list[Path], out: Path | None = None, storage: str | BaseStorage | None = None,
            study_name: str | None = None, baseline: list[Path] | None = None) -> str:
     """The Markdown comparison of ``targets`` (and of ``baseline``, with each group's gain over it); also saved
-    (with the PNG) as ``comparison.md`` and ``.png`` in ``out`` (default: the first target's directory).
+    (with the PNG, and every run's figures as JSON) as ``comparison.md``, ``.png`` and ``.json`` in ``out``
+    (default: the first target's directory).
     ``storage``: that of the study ``targets`` name, where it is not its study.db (each baseline reads its own).
 
     ``baseline`` is one config's runs: a repeat study or a run directory, or several (its seeds run as two studies).
@@ -322,9 +323,9 @@ def per_run(runs: list[Run]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.compare``: its exit status."""
-    p = commands.parser("compare", "Compare runs and studies: a Markdown table and a PNG.")
+    p = commands.parser(PROG, "Compare runs and studies: a Markdown table, a PNG and a JSON file.")
     p.add_argument("targets", nargs="+", type=Path, help="run directories, lightning_logs directories or study dirs")
-    p.add_argument("--out", type=Path, help="where to save comparison.md and .png (default: the first target)")
+    p.add_argument("--out", type=Path, help="where to save comparison.md, .png and .json (default: the first target)")
     p.add_argument("--baseline", type=Path, action="append",
                    help="a run or study to compare every group with, paired by seed; repeat it for one config's "
                         "seeds spread over several studies")

@@ -23,6 +23,7 @@ import torch
 from fashion_cnn.commands import missing_dirs, parser, remove_empty, run
 from fashion_cnn.errors import FashionCNNError, first_line
 
+PROG = "python -m fashion_cnn.data_files"
 ENV_VAR = "FASHION_MNIST_DIR"
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILE_SPLITS = ("train", "test")  # the release's two sets of files
@@ -225,7 +226,7 @@ NOT_FOUND = 3  # exit status of main() when there is no copy, so `make data` kno
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.data_files``: say which copy would be used and check it fully."""
-    p = parser("data_files", __doc__.split("\n")[0])
+    p = parser(PROG, __doc__.split("\n")[0])
     p.add_argument("--data_dir", default="data", help="the DataModule's data_dir")
     p.add_argument("--download", action="store_true", help="download with torchvision if no copy is found")
     args = p.parse_args(argv)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FashionMNIST found and verified in {directory}")
         return 0
 
-    return run("python -m fashion_cnn.data_files", body)
+    return run(PROG, body)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
     @property
     def eval_splits(self) -> tuple[str, ...]:
         """Names of the loaders ``val_dataloader`` returns, in order."""
-        if not self.hparams.get("test", True):
+        if not self.hparams.test:
             return ("val",)
         return ("val", "test") if self.hparams.val_size else ("test",)
 

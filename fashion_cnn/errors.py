@@ -23,3 +23,9 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # terminal colours, which torch.onnx puts in its messages
     line = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
     return " ".join(line.split())[:limit]
+
+
+def one_line(text: object) -> str:
+    """``text`` (an exception, say) with its lines and runs of whitespace joined by single spaces: a multi-line
+    library message quoted whole inside a one-line error."""
+    return " ".join(str(text).split())

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_cnn.analysis import Predictions, confusion_matrix, most_confused, per_class_scores
-from fashion_cnn.analysis import predict as predict_logits
+from fashion_cnn.analysis import Predictions, confusion_matrix, most_confused, per_class_scores, predictions
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import CommandError, add_checkpoint_arguments, cannot_write, parser, run
 from fashion_cnn.data_files import CLASSES, load_split, locate
@@ -51,7 +50,7 @@ def predictions_on(loaded: Loaded, split: str = "test",
                                f"(--data_dir {hp.data_dir})")
         val_idx, _ = hold_out(len(labels), hp.val_size, hp.split_seed)
         images, labels = images[val_idx], labels[val_idx]
-    preds = predict_logits(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size)
+    preds = predictions(loaded.net, images, labels, loaded.datamodule.normalize, batch_size=hp.eval_batch_size)
     return preds, images, directory
 
 
@@ -79,14 +78,14 @@ def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, split: str = "te
 
 def summary(result: dict) -> str:
     """The human-readable report."""
-    split = result.get("split", "test")
+    split = result["split"]
     n, acc = result["num_images"], result[f"{split}_acc"]
     width = max(len(c) for c in CLASSES)
     lines = [f"{'checkpoint:':15}{result['checkpoint']}",
              f"{split + ' set:':15}{n} images from {result['data_dir']}"
-             + (", each averaged with its mirror image" if result.get("mirror") else "")
-             + (f", {'and ' if result.get('mirror') else ''}averaged with its views shifted by {result['shift']} "
-                f"pixel(s)" if result.get("shift") else ""),
+             + (", each averaged with its mirror image" if result["mirror"] else "")
+             + (f", {'and ' if result['mirror'] else ''}averaged with its views shifted by {result['shift']} "
+                f"pixel(s)" if result["shift"] else ""),
              f"{split + ' accuracy:':15}{100 * acc:.2f}% ({round(acc * n)}/{n})",
              f"{split + ' loss:':15}{result[f'{split}_loss']:.4f}",
              "",
@@ -101,7 +100,7 @@ def summary(result: dict) -> str:
 
 def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_dir: Path, tag: str = "") -> list[Path]:
     """metrics{tag}.json, confusion_matrix{tag}.png and mistakes{tag}.png in ``out_dir``."""
-    split = result.get("split", "test")
+    split = result["split"]
     title = f"{Path(result['checkpoint']).name}: {split} accuracy {100 * result[f'{split}_acc']:.2f}%"
     matrix, mistakes = evaluation_figures(torch.tensor(result["confusion_matrix"]), preds, images, title)
     try:
@@ -115,7 +114,7 @@ def write_outputs(result: dict, preds: Predictions, images: torch.Tensor, out_di
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.evaluate``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
-    p = parser("evaluate", "Evaluate a checkpoint on the FashionMNIST test set.")
+    p = parser(PROG, "Evaluate a checkpoint on the FashionMNIST test set, or on its run's validation split.")
     add_checkpoint_arguments(p)
     p.add_argument("--data_dir", default=None, help="where the dataset is (default: the training run's data_dir)")
     p.add_argument("--out_dir", default=None, help="where to write the results (default: the checkpoint's run dir)")

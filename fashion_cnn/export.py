@@ -7,6 +7,7 @@ normalise with and the class names. ONNX needs the ``export`` extra: ``pip insta
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -128,33 +129,31 @@ def _write_together(loaded: Loaded, out_dir: Path, formats: list[str]) -> list[P
     return [out_dir / path.name for path in (*files, meta)]
 
 
-def parse_formats(value: str) -> list[str]:
-    """``--formats``: a comma-separated subset of :data:`FORMATS`."""
+def formats_type(value: str) -> list[str]:
+    """The argparse type of ``--formats``: a comma-separated subset of :data:`FORMATS`."""
     formats = [f.strip().lower() for f in value.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ValueError(f"unknown format {', '.join(unknown) or '(none given)'}; choose from {','.join(FORMATS)}")
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {','.join(FORMATS)}")
     return formats
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.export``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
-    p = parser("export", "Export a checkpoint's network as TorchScript and/or ONNX.")
+    p = parser(PROG, "Export a checkpoint's network as TorchScript and/or ONNX.")
     add_checkpoint_arguments(p)
     p.add_argument("--out_dir", default=None, help="where to write (default: export/ in the checkpoint's run dir)")
-    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {','.join(FORMATS)}")
+    p.add_argument("--formats", type=formats_type, default=",".join(FORMATS),
+                   help=f"comma-separated, from {','.join(FORMATS)}")
     args = p.parse_args(argv)
-    try:
-        formats = parse_formats(args.formats)
-    except ValueError as err:
-        p.error(f"argument --formats: {err}")
 
     def body() -> int:
-        if "onnx" in formats:
+        if "onnx" in args.formats:
             check_onnx_packages()
         loaded = load(args.ckpt_path, args.logs_dir)
         out_dir = Path(args.out_dir) if args.out_dir else loaded.run_dir / "export"
-        for path in export(loaded, out_dir, formats):
+        for path in export(loaded, out_dir, args.formats):
             print(f"wrote {path}")
         return 0
 

@@ -1,4 +1,5 @@
-"""Matplotlib drawings shared by the TensorBoard callback, ``evaluate`` and ``report``.
+"""Matplotlib drawings: the TensorBoard callback's and ``evaluate``'s pictures, ``report``'s curves, and the canvas
+and PNG writer ``compare`` draws on too.
 
 Figures are built with the object-oriented API on an Agg canvas, never through pyplot: they render the same on a
 headless training node, open no windows, and leave the caller's (e.g. a notebook's) pyplot backend alone.
@@ -27,15 +28,15 @@ def figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Write ``fig`` as a PNG (creating the directory) and return the path."""
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at 120 dpi (creating the directory) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=120)
     return path
 
 
-def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str], title: str = "") -> Figure:
+def confusion_matrix_figure(cm: torch.Tensor, title: str) -> Figure:
     """Counts in every cell; colour = share of the true class's images, so small classes read as well as big ones
     and off-diagonal confusions are visible next to a dominant diagonal."""
     cm = cm.cpu()
@@ -43,27 +44,27 @@ def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str], title:
     fig = figure(7.5, 6.5)
     ax = fig.add_subplot()
     image = ax.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    n = len(class_names)
+    n = len(CLASSES)
     for true in range(n):
         for pred in range(n):
             count = int(cm[true, pred])
             if count:
                 ax.text(pred, true, str(count), ha="center", va="center", fontsize=8,
                         color="white" if share[true, pred] > 0.5 else "black")
-    ax.set_xticks(range(n), class_names, rotation=40, ha="right")
-    ax.set_yticks(range(n), class_names)
+    ax.set_xticks(range(n), CLASSES, rotation=40, ha="right")
+    ax.set_yticks(range(n), CLASSES)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title or "Confusion matrix (test set)")
+    ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
     return fig
 
 
 def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
-                       confidence: torch.Tensor, class_names: Sequence[str], title: str = "",
-                       columns: int = 8) -> Figure:
-    """A grid of uint8 images [K, 28, 28]; each title is the prediction and its probability, in red with the
-    true class underneath when wrong, in green when right."""
+                       confidence: torch.Tensor, title: str) -> Figure:
+    """A grid of uint8 images [K, 28, 28], 8 a row; each title is the prediction and its probability, in red with
+    the true class underneath when wrong, in green when right."""
+    columns = 8
     rows = max(1, math.ceil(len(images) / columns))
     fig = figure(1.45 * columns, 1.6 * rows + 0.4)
     for i, image in enumerate(images.cpu()):
@@ -72,20 +73,20 @@ def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: to
         ax.set_xticks([])
         ax.set_yticks([])
         true, pred = int(labels[i]), int(predicted[i])
-        text = f"{class_names[pred]} {100 * float(confidence[i]):.0f}%"
+        text = f"{CLASSES[pred]} {100 * float(confidence[i]):.0f}%"
         if true != pred:
-            text += f"\ntrue: {class_names[true]}"
+            text += f"\ntrue: {CLASSES[true]}"
         ax.set_title(text, fontsize=7, color=WRONG if true != pred else RIGHT)
         for spine in ax.spines.values():
             spine.set_color(WRONG if true != pred else RIGHT)
             spine.set_linewidth(2 if true != pred else 1)
-    fig.suptitle(title or "Test images: prediction (probability); red = mistake, with the true class")
+    fig.suptitle(title)
     return fig
 
 
 def learning_curves_figure(epochs: Sequence[int], loss: Sequence[float], acc: Sequence[float], run_label: str,
                            reference: Sequence[tuple[int, float, float]], reference_label: str,
-                           title: str = "") -> Figure:
+                           title: str) -> Figure:
     """Test loss and accuracy (%) per epoch of a run, with reference (epoch, loss, accuracy %) points over it."""
     fig = figure(11, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -103,7 +104,7 @@ def learning_curves_figure(epochs: Sequence[int], loss: Sequence[float], acc: Se
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or "Learning curves")
+    fig.suptitle(title)
     return fig
 
 
@@ -112,8 +113,8 @@ def evaluation_figures(cm: torch.Tensor, preds: Predictions, images: torch.Tenso
     """The two pictures of an evaluation (training's TensorBoard images and evaluate's PNGs): the confusion matrix,
     and the most confident mistakes next to a few correct images; ``title`` names the images' split."""
     shown = examples_to_show(preds, mistakes, correct)
-    matrix = confusion_matrix_figure(cm, CLASSES, f"Confusion matrix, {title}")
+    matrix = confusion_matrix_figure(cm, f"Confusion matrix, {title}")
     grid = predictions_figure(images[shown], preds.labels[shown], preds.predicted[shown],
-                              preds.probs[shown].max(dim=1).values, CLASSES,
+                              preds.probs[shown].max(dim=1).values,
                               f"Most confident mistakes (red, true class below) and some correct, {title}")
     return matrix, grid

@@ -36,10 +36,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from fashion_cnn import checkpoints, resume, runs
 from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, check_writable, missing_dirs, remove_empty, run
 from fashion_cnn.datamodule import FashionMNISTDataModule, check_data_options
-from fashion_cnn.errors import FashionCNNError, OptionsError
+from fashion_cnn.errors import FashionCNNError, OptionsError, one_line
 from fashion_cnn.module import FashionClassifier, check_optimizer_options
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "seed.yaml"  # the notebook's experiment, read beneath every --config
 PROG = "python -m fashion_cnn.fit"
 SAVE_DIR_OPTION = "--trainer.logger.init_args.save_dir"  # where fit's runs go (save_dir/lightning_logs/version_N)
 MAX_SEED = 2**32 - 1  # Lightning seeds numpy too, whose seeds are 32-bit
@@ -82,7 +83,7 @@ class RefusingParser(FitParser):
     usage error raises :class:`~fashion_cnn.errors.OptionsError` for that command to report, instead of exiting."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        raise OptionsError(" ".join(str(message).split()))
+        raise OptionsError(one_line(message))
 
 
 class FashionCLI(LightningCLI):
@@ -92,7 +93,7 @@ class FashionCLI(LightningCLI):
     new_dirs: tuple[Path, ...] = ()  # the directories above it that this process created too, deepest first
     resumed: tuple[Path, int, dict[str, bytes | None]] | None = None  # the run resumed into: its dir, step, files
 
-    def __init__(self, *args, extra_callbacks: Sequence[L.Callback] = (), **kwargs) -> None:
+    def __init__(self, *args: Any, extra_callbacks: Sequence[L.Callback] = (), **kwargs: Any) -> None:
         self.extra_callbacks = tuple(extra_callbacks)  # added by train(callbacks=...), e.g. a study's pruning callback
         super().__init__(*args, **kwargs)
 
@@ -183,7 +184,7 @@ class FashionCLI(LightningCLI):
             return True
         return False
 
-    def instantiate_trainer(self, **kwargs):
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = self.config_init.get("trainer", {})  # run=False: no subcommand level in the config
         callbacks = list(trainer.get("callbacks") or [])
         if trainer.get("enable_progress_bar") is False:  # so that flag also switches off the configured bar
@@ -336,18 +337,8 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
                   parser_class: type[FitParser] = FitParser) -> FitResult:
     start = time.perf_counter()
     argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
-    # args= given explicitly (resolved names, or a study's trial): Lightning would warn that it is not sys.argv.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
-        cli = FashionCLI(
-            FashionClassifier,
-            FashionMNISTDataModule,
-            run=False,
-            args=argv,
-            parser_class=parser_class,
-            parser_kwargs={"prog": PROG, "default_config_files": [str(CONFIG_DIR / "seed.yaml")]},
-            extra_callbacks=callbacks,
-        )
+        cli = make_cli(argv, parser_class=parser_class, extra_callbacks=callbacks)
     except MisconfigurationException as err:  # Lightning's word for a Trainer setting that cannot work here
         raise ConfigError(str(err)) from None
     trainer = cli.trainer
@@ -377,6 +368,16 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
             cli.restore_resumed_run(trainer.global_step)
         raise
     return _result(0, trainer, start)
+
+
+def make_cli(argv: list[str], cli_class: type[FashionCLI] = FashionCLI, parser_class: type[FitParser] = FitParser,
+             **kwargs: Any) -> FashionCLI:
+    """fit's LightningCLI for ``argv`` (shipped config names already resolved), parsed and built but not run:
+    seed.yaml beneath every ``--config``; ``kwargs`` go to ``cli_class``."""
+    # args= given explicitly (resolved names, or a study's trial): Lightning would warn that it is not sys.argv.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    return cli_class(FashionClassifier, FashionMNISTDataModule, run=False, args=argv, parser_class=parser_class,
+                     parser_kwargs={"prog": PROG, "default_config_files": [str(DEFAULT_CONFIG)]}, **kwargs)
 
 
 def _result(status: int, trainer: L.Trainer, start: float) -> FitResult:

@@ -29,7 +29,7 @@ from fashion_cnn.analysis import logits
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import add_checkpoint_arguments, parser, run
 from fashion_cnn.data_files import CLASSES
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, one_line
 
 PROG = "python -m fashion_cnn.predict"
 SIZE = 28
@@ -150,7 +150,7 @@ def read_image(path: Path) -> torch.Tensor:
                    else "not a PNG or JPEG image; give PNG or JPEG files (convert others first)")
         raise ImageReadError(f"{path}: {problem}") from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated/corrupt data, an unreadable file, ...
-        raise ImageReadError(f"{path}: cannot read the image ({' '.join(str(err).split())}); {RESAVE}") from None
+        raise ImageReadError(f"{path}: cannot read the image ({one_line(err)}); {RESAVE}") from None
 
 
 def _too_large(path: Path, size: str) -> ImageReadError:
@@ -183,7 +183,7 @@ def classify(loaded: Loaded, images: torch.Tensor, top_k: int) -> list[list[tupl
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.predict``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
-    p = parser("predict", "Classify PNG/JPEG images of clothing with a trained checkpoint.")
+    p = parser(PROG, "Classify PNG/JPEG images of clothing with a trained checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or directories of them")
     add_checkpoint_arguments(p)
     p.add_argument("--top_k", type=int, default=3, choices=range(1, len(CLASSES) + 1), metavar="{1..10}",

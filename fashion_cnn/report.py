@@ -61,7 +61,7 @@ def network(run_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.report``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
-    p = parser("report", "Draw a run's test loss/accuracy per epoch next to the notebook's logged numbers.")
+    p = parser(PROG, "Draw a run's test loss/accuracy per epoch next to the notebook's logged numbers.")
     p.add_argument("--run", default=None, help="a run directory (default: the newest version_N in --logs_dir)")
     p.add_argument("--logs_dir", default="lightning_logs", help="where to look for the newest run")
     p.add_argument("--out", default=None,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         fig = learning_curves_figure(
             epochs, loss, acc, f"this run ({run_dir.name})", NOTEBOOK, NOTEBOOK_LABEL,
             f"FashionMNIST {network(run_dir)}: test set after every epoch ({run_dir.name}, {len(epochs)} epochs)")
-        curves = {"run": str(run_dir), "command": " ".join(["python -m fashion_cnn.report", *(argv or sys.argv[1:])]),
+        curves = {"run": str(run_dir), "command": " ".join([PROG, *(argv or sys.argv[1:])]),
                   "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "epochs": epochs, "test_loss": loss, "test_acc": acc}
         try:

@@ -308,22 +308,18 @@ def waiting_line(study: optuna.Study, heartbeats: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fashion_cnn.study``: its exit status (:mod:`fashion_cnn.commands` lists them)."""
-    p = commands.parser("study", "Run a study file: repeated seeds or a search (Optuna); resumable, shareable.")
+    p = commands.parser(PROG, "Run a study file: repeated seeds or a search (Optuna); resumable, shareable.")
     p.add_argument("study_file", help="a study YAML file (see studies/)")
     p.add_argument("--dir", help="the study's directory (default: lightning_logs/studies/<name>)")
     p.add_argument("--storage", help="an Optuna storage URL (default: sqlite:///<dir>/study.db); "
                    "postgresql://..., or journal:PATH for a journal file on a shared filesystem")
-    p.add_argument("--workers", type=int, default=default_workers(),
+    p.add_argument("--workers", type=commands.positive, default=default_workers(),
                    help="trial processes on this machine, the cores split evenly (default: one per core, at "
                    f"most {MAX_DEFAULT_WORKERS}, here {default_workers()}); 1 gives each trial every core")
-    p.add_argument("--heartbeat", type=int, default=10,
+    p.add_argument("--heartbeat", type=commands.positive, default=10,
                    help="seconds between a running trial's heartbeats; silent for 3x this, it is retried")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error(f"--workers must be at least 1, got {args.workers}")
-    if args.heartbeat < 1:
-        p.error(f"--heartbeat must be at least 1, got {args.heartbeat}")
     return commands.run(PROG, lambda: _run(args, argv if argv is not None else sys.argv[1:]))
 
 

@@ -38,7 +38,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from optuna.distributions import CategoricalDistribution
 
 from fashion_cnn import fit
-from fashion_cnn.errors import FashionCNNError
+from fashion_cnn.errors import FashionCNNError, one_line
 
 PRUNERS = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
            "none": optuna.pruners.NopPruner}
@@ -118,9 +118,10 @@ class Study:
 
 
 def fit_values(config: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A fit config file's values as fit reads them: on top of seed.yaml (read beneath every config), with the
-    overrides put in."""
-    seed = yaml.safe_load((fit.CONFIG_DIR / "seed.yaml").read_text())
+    """A fit config file's values on top of seed.yaml (read beneath every config), with the overrides put in: a plain
+    merge of mappings, enough for the trainer's and the network's values read from it, not jsonargparse's own rules
+    (where a config names another ``class_path``, this keeps the base's ``init_args`` that fit would drop)."""
+    seed = yaml.safe_load(fit.DEFAULT_CONFIG.read_text())
     return with_overrides(with_overrides(seed, yaml.safe_load(config.read_text()) or {}), overrides or {})
 
 
@@ -155,7 +156,7 @@ def load(path: str | Path) -> Study:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise StudyFileError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+        raise StudyFileError(f"{path}: not valid YAML ({one_line(err)[:200]})") from None
     if not isinstance(raw, dict):
         raise StudyFileError(f"{path}: expected a mapping with base and repeat or search")
 
@@ -288,13 +289,10 @@ def check_fit_args(study: Study, bad: Refuse) -> None:
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                     warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-                _CheckCLI(fit.FashionClassifier, fit.FashionMNISTDataModule, run=False, args=argv,
-                          parser_class=fit.RefusingParser,
-                          parser_kwargs={"default_config_files": [str(fit.CONFIG_DIR / "seed.yaml")]})
+                fit.make_cli(argv, cli_class=_CheckCLI, parser_class=fit.RefusingParser)
         except SystemExit as done:  # parsed and checked (the parser raises on a parse error instead of exiting)
             if done.code:
                 raise
             continue
         except FashionCNNError as err:  # the parser's error or a value check
-            raise bad(f"the fit config it makes is refused: {' '.join(str(err).split())}") from None
+            raise bad(f"the fit config it makes is refused: {one_line(err)}") from None

@@ -10,7 +10,7 @@ import pytest
 
 from fashion_cnn import data_files
 from fashion_cnn.datamodule import FashionMNISTDataModule
-from tests.helpers import FIXTURE, TRAINED_EPOCHS
+from tests.helpers import FIXTURE, SMALL, TRAINED_EPOCHS
 
 
 @pytest.fixture
@@ -59,10 +59,7 @@ def trained_run(tmp_path_factory) -> Path:
     previous = os.getcwd()
     os.chdir(root)  # the run goes to ./lightning_logs
     try:
-        code = fit.main(["--config", str(root / "callbacks.yaml"), "--data.data_dir", str(FIXTURE),
-                         "--data.verify", "false", "--data.download", "false",
-                         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                         "--trainer.log_every_n_steps", "4", "--trainer.max_epochs", str(TRAINED_EPOCHS),
+        code = fit.main(["--config", str(root / "callbacks.yaml"), *SMALL, "--trainer.max_epochs", str(TRAINED_EPOCHS),
                          "--model.lr", "0.05", "--model.momentum", "0.9"])  # learns something in 3 short epochs
     finally:
         os.chdir(previous)
@@ -76,7 +73,6 @@ def mirror_run(tmp_path_factory) -> Path:
     augmentation (mirror images in each evaluation, ``model.eval_mirror``; 1-pixel shifts in the final test,
     ``model.final_shift``); returns its run directory."""
     from fashion_cnn import fit
-    from tests.helpers import SMALL
 
     root = tmp_path_factory.mktemp("mirror")
     previous = os.getcwd()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fashion_cnn import data_files
-from fashion_cnn.runs import run_scalars
+from fashion_cnn.runs import newest, run_scalars
 
 FIXTURE = Path(__file__).parent / "data" / "fashion_mnist_small"  # 512 train + 256 test images of the real set
 
@@ -65,7 +65,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def best_checkpoint(run: Path) -> Path:
     """The checkpoint a run reported: its best-*.ckpt (picked on a validation split), else its last.ckpt."""
     checkpoints = run / "checkpoints"
-    return next(checkpoints.glob("best*.ckpt"), checkpoints / "last.ckpt")
+    return newest(checkpoints, "best*.ckpt") or checkpoints / "last.ckpt"
 
 
 def signal_in_epoch_3(proc: subprocess.Popen, sig: int, timeout: float = 240) -> list[str]:

@@ -46,12 +46,12 @@ def test_missing_data_is_one_line(trained_run, tmp_path, capsys, no_other_copies
 
 
 def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, tmp_path):
-    from fashion_cnn.analysis import predict
+    from fashion_cnn.analysis import predictions
     from fashion_cnn.checkpoints import load
 
     loaded = load(best_checkpoint(trained_run))
     plain, images, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE))
-    mirrored = predict(loaded.net, images.flip(-1), plain.labels, loaded.datamodule.normalize)
+    mirrored = predictions(loaded.net, images.flip(-1), plain.labels, loaded.datamodule.normalize)
     both, _, _ = evaluate.predictions_on(loaded.with_views(mirror=True), data_dir=str(FIXTURE))
     assert torch.allclose(both.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
     assert evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--out_dir", str(tmp_path),
@@ -78,7 +78,7 @@ def test_a_run_that_tested_with_mirror_images_is_evaluated_the_same_way(mirror_r
 
 
 def test_val_split_is_the_runs_own_held_out_images(mirror_run, tmp_path, capsys):
-    from fashion_cnn.analysis import predict
+    from fashion_cnn.analysis import predictions
     from fashion_cnn.checkpoints import load
     from fashion_cnn.datamodule import FashionMNISTDataModule
 
@@ -89,7 +89,7 @@ def test_val_split_is_the_runs_own_held_out_images(mirror_run, tmp_path, capsys)
     assert "val accuracy:" in capsys.readouterr().out and not (tmp_path / "metrics.json").exists()
     data = FashionMNISTDataModule(**{**loaded.datamodule.hparams, "data_dir": str(FIXTURE)})
     data.setup()  # the images training held out
-    views = predict(loaded.net, data.val_set.images, data.val_set.labels, data.normalize)
+    views = predictions(loaded.net, data.val_set.images, data.val_set.labels, data.normalize)
     assert result["val_acc"] == pytest.approx(views.accuracy, abs=1e-9)
     # per-epoch validation averaged the mirror images only (final_shift is for the final test): --shift 0 does that
     assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--split", "val",
@@ -112,7 +112,7 @@ def test_val_split_from_a_copy_of_another_size_is_one_line(mirror_run, tmp_path,
 
 
 def test_shift_adds_shifted_views_under_a_tag_of_its_own(trained_run, tmp_path):
-    from fashion_cnn.analysis import predict
+    from fashion_cnn.analysis import predictions
     from fashion_cnn.checkpoints import load
     from fashion_cnn.nets import ViewAverage
 
@@ -121,7 +121,7 @@ def test_shift_adds_shifted_views_under_a_tag_of_its_own(trained_run, tmp_path):
     assert evaluate.main(["--ckpt_path", str(loaded.path), "--out_dir", str(tmp_path), "--shift", "1"]) == 0
     result = json.loads((tmp_path / "metrics_shift1.json").read_text())
     plain, images, _ = evaluate.predictions_on(loaded, data_dir=str(FIXTURE))
-    shifted = predict(ViewAverage(loaded.net, mirror=False, shift=1, fill=-loaded.mean / loaded.std), images,
+    shifted = predictions(ViewAverage(loaded.net, mirror=False, shift=1, fill=-loaded.mean / loaded.std), images,
                       plain.labels, loaded.datamodule.normalize)
     assert result["shift"] == 1 and result["mirror"] is False
     assert result["test_acc"] == pytest.approx(shifted.accuracy, abs=1e-9) and not (tmp_path / "metrics.json").exists()

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fashion_cnn.analysis import confusion_matrix, per_class_scores, predict
+from fashion_cnn.analysis import confusion_matrix, per_class_scores, predictions
 from fashion_cnn.checkpoints import load
 from fashion_cnn.data_files import CLASSES, load_split
 from fashion_cnn.fit import CONFIG_DIR
@@ -39,7 +39,7 @@ def test_per_class_accuracy_matches_the_final_model(trained_run):
     logged = scalars(trained_run)
     loaded = load(trained_run / "checkpoints" / "last.ckpt")
     images, labels = load_split(FIXTURE, "test", verify=False)
-    preds = predict(loaded.net, images, labels, loaded.datamodule.normalize)
+    preds = predictions(loaded.net, images, labels, loaded.datamodule.normalize)
     recall = per_class_scores(confusion_matrix(preds.labels, preds.predicted, len(CLASSES)))["recall"]
     for i, name in enumerate(CLASSES):
         values = logged[f"test_class_acc/{name}"]

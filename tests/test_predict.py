@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from fashion_cnn import predict
-from fashion_cnn.analysis import predict as model_predict
+from fashion_cnn.analysis import predictions as model_predictions
 from fashion_cnn.checkpoints import load
 from fashion_cnn.data_files import CLASSES, load_split
 from tests.helpers import FIXTURE, best_checkpoint
@@ -62,7 +62,7 @@ def test_prepare_makes_training_like_images(images):
 def test_predictions_agree_with_the_model_on_the_original_tensors(trained_run, images, image_dirs, capsys):
     ckpt = best_checkpoint(trained_run)
     loaded = load(ckpt)
-    expected = [CLASSES[i] for i in model_predict(loaded.net, *images, loaded.datamodule.normalize).predicted]
+    expected = [CLASSES[i] for i in model_predictions(loaded.net, *images, loaded.datamodule.normalize).predicted]
     for name, directory in image_dirs.items():
         assert predict.main(["--ckpt_path", str(ckpt), "--json", "--top_k", "3", str(directory)]) == 0
         results = json.loads(capsys.readouterr().out)

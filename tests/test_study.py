@@ -118,7 +118,7 @@ def test_unreachable_storage_reused_name_and_bad_usage(tmp_path, capsys):
     assert "not a writable directory; choose another place with --dir DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
         study.main([str(repeat), "--workers", "0"])
-    assert usage.value.code == 2 and "--workers must be at least 1" in capsys.readouterr().err
+    assert usage.value.code == 2 and "argument --workers: '0' is not a positive integer" in capsys.readouterr().err
 
 
 def test_a_search_selects_on_validation_and_measures_the_winner_once(tmp_path, capsys):
