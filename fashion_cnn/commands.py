@@ -11,6 +11,7 @@ fetch one.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -93,9 +94,17 @@ def remove_empty(dirs: Iterable[Path | None]) -> None:
 
 
 def hide_library_noise() -> None:
-    """Hide a warning Lightning 2.6 raises about its own use of a torch API (on every fit and test): nothing a user
-    of this project can act on, and it would be printed above every run's output."""
+    """Hide what Lightning 2.6 prints on every fit and test that a user of this project cannot act on, above every
+    run's output: a warning about its own use of a torch API, and its advertisement for a cloud logger."""
     warnings.filterwarnings("ignore", category=FutureWarning, message=r"`isinstance\(treespec, LeafSpec\)`")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_an_advert not in rank_zero.filters:
+        rank_zero.addFilter(_not_an_advert)
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    """A logging filter: False for Lightning's "Tip: ... try installing litlogger" line."""
+    return "litlogger" not in str(record.msg)
 
 
 def run(prog: str, body: Callable[[], int]) -> int:

@@ -12,6 +12,7 @@ import contextvars
 import errno
 import gc
 import os
+import shutil
 import signal
 import sys
 import time
@@ -133,9 +134,13 @@ class FashionCLI(LightningCLI):
             self.config.trainer.logger.init_args.version = None  # <run>/config.yaml` starts a new run, not this one
 
     def release_new_run(self) -> None:
-        """Remove the reserved run directory (and the log directories above it that this process made) while
-        nothing was written into them: a run that failed before starting leaves nothing behind."""
-        remove_empty((self.new_run, *self.new_dirs))
+        """Remove the run directory this process reserved (and the log directories above it that it made) unless it
+        holds a checkpoint: a run that failed before its first checkpoint leaves nothing behind. Lightning's setup
+        has written an events file (and config.yaml) there by then, which report and compare would take for a run;
+        a run that failed later keeps its checkpoints and logs."""
+        if self.new_run is not None and not any(self.new_run.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(self.new_run, ignore_errors=True)
+        remove_empty(self.new_dirs)
 
     def restore_resumed_run(self, step: int) -> None:
         """After a resume into its run that stopped at ``step`` (the trainer's global step) before training one
