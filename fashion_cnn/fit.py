@@ -28,7 +28,7 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
@@ -199,6 +199,8 @@ class FashionCLI(LightningCLI):
         callbacks.extend(self.extra_callbacks)
         if trainer.get("logger") is False:  # no run directory: do not write config.yaml into the working directory
             self.save_config_callback = None
+            # nothing to log the learning rate to: Lightning would stop the run at its start with a traceback
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         try:
             return super().instantiate_trainer(**kwargs, callbacks=callbacks)
         except ValueError as err:  # Lightning's word for a strategy or accelerator name it does not know

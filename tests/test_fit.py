@@ -202,6 +202,12 @@ def test_a_run_refused_at_construction_removes_the_log_directories_it_made(workd
     assert not (workdir / "new").exists()
 
 
+def test_a_run_without_a_logger_trains_and_keeps_its_checkpoint(workdir):
+    # seed.yaml's LearningRateMonitor needs a logger: Lightning would stop the run at its start with a traceback
+    assert run_fit("--trainer.logger", "false", "--trainer.max_epochs", "1") == 0
+    assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == ["checkpoints", "checkpoints/last.ckpt"]
+
+
 def test_log_directory_that_cannot_be_written(workdir, capsys):
     (workdir / "logs_here").write_text("a file, not a directory")
     code = run_fit("--trainer.logger.init_args.save_dir", "logs_here/runs")
