@@ -292,6 +292,8 @@ def resolve_config_names(argv: list[str]) -> list[str]:
         value, prefix = (out[i + 1], None) if arg in ("--config", "-c") and i + 1 < len(out) else (None, None)
         if arg.startswith("--config="):
             value, prefix = arg.split("=", 1)[1], "--config="
+        if value and Path(value).is_file():
+            _check_text(Path(value))
         if not value or Path(value).exists() or not isinstance(_yaml_value(value), str):
             continue
         shipped = CONFIG_DIR / f"{value}.yaml"
@@ -303,6 +305,16 @@ def resolve_config_names(argv: list[str]) -> list[str]:
         else:
             out[i + 1] = str(shipped)
     return out
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a ``--config`` file that is not UTF-8 text (a checkpoint, or YAML saved as UTF-16): jsonargparse would
+    stop with a UnicodeDecodeError traceback."""
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a UTF-8 text file; give a YAML config saved as UTF-8 (a checkpoint "
+                          f"goes to --ckpt_path)") from None
 
 
 def _yaml_value(text: str) -> object:

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,9 +155,11 @@ def load(path: str | Path) -> Study:
     if not path.is_file():
         raise StudyFileError(f"{path}: no such study file (the shipped ones are in studies/)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise StudyFileError(f"{path}: not valid YAML ({one_line(err)[:200]})") from None
+    except UnicodeDecodeError:
+        raise StudyFileError(f"{path}: not a UTF-8 text file; give a study YAML file saved as UTF-8") from None
     if not isinstance(raw, dict):
         raise StudyFileError(f"{path}: expected a mapping with base and repeat or search")
 
@@ -191,6 +194,10 @@ def _base(base: Any, path: Path, bad: Refuse) -> Path:
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise bad(f"base {base!r} is neither a shipped config ({', '.join(fit.shipped_configs())}) nor a config file")
+    try:
+        found.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise bad(f"base {base!r}: {found} is not a UTF-8 text file; give a fit config (YAML) saved as UTF-8") from None
     return found.resolve()
 
 
@@ -238,6 +245,9 @@ def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.Base
     if isinstance(spec, dict) and "choices" in spec:
         if not isinstance(spec["choices"], list) or not spec["choices"]:
             raise bad(f"{where}: choices must be a non-empty list")
+        if odd := next((c for c in spec["choices"] if not isinstance(c, bool | int | float | str | None)), None):
+            raise bad(f"{where}: each choice must be a number, a string, true/false or null (Optuna stores no "
+                      f"other), got {odd!r}; for a list such as widths, search each of its items")
         return CategoricalDistribution(spec["choices"])
     if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log", "step"}:
         raise bad(f"{where}: expected {{low, high}} (with log: true or step) or {{choices: [...]}}, got {spec!r}")
@@ -245,6 +255,8 @@ def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.Base
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
         hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if any(_is_number_text(v) for v in (low, high)) else ""
         raise bad(f"{where}: low and high must be numbers, got {low!r} and {high!r}{hint}")
+    if not all(math.isfinite(v) for v in (low, high)):
+        raise bad(f"{where}: low and high must be finite numbers, got {low} and {high}")
     if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0 or log):
         raise bad(f"{where}: step must be a positive number, without log: true, got {step!r}")
     if low >= high:

@@ -140,6 +140,16 @@ def test_unknown_key_in_a_config_file(workdir, capsys):
     assert not (workdir / "lightning_logs").exists()
 
 
+def test_a_config_that_is_not_utf8_text_is_one_line(workdir, capsys):
+    config = workdir / "utf16.yaml"
+    config.write_text("model:\n  lr: 0.1\n", encoding="utf-16")  # as some Windows editors save YAML
+    assert run_fit("--config", str(config)) == 1
+    err = capsys.readouterr().err
+    assert err == f"python -m fashion_cnn.fit: error: --config {config}: not a UTF-8 text file; give a YAML config " \
+                  f"saved as UTF-8 (a checkpoint goes to --ckpt_path)\n"
+    assert not (workdir / "lightning_logs").exists()
+
+
 def test_missing_data_is_one_line(workdir, capsys, no_other_copies):
     code = fit.main(["--data.data_dir", str(workdir / "nowhere"), "--data.download", "false"])
     err = capsys.readouterr().err

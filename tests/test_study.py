@@ -62,6 +62,10 @@ SPACE = {"model.lr": {"low": 0.01, "high": 0.2, "log": True}}
      "step must be a positive number, without log: true"),
     ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.01, "high": 0.5, "step": 0}}}}, "step must be a posi"),
     ({"search": {"trials": 2, "space": {"model.lr": {"low": "1e-3", "high": 0.5}}}}, "write 1.0e-3"),
+    ({"search": {"trials": 2, "space": {"model.lr": {"low": 0.01, "high": float("inf")}}}},
+     "low and high must be finite numbers, got 0.01 and inf"),
+    ({"search": {"trials": 2, "space": {"model.net.init_args.widths": {"choices": [[16, 32, 64], [32, 64, 128]]}}}},
+     "each choice must be a number, a string, true/false or null"),
     ({"search": {"trials": 2, "space": {"model.lr": {"low": [0.1], "high": 0.5}}}},
      "must be numbers, got [0.1] and 0.5\n"),  # no hint about YAML's text numbers: it is not one
     # a choice fit refuses, between two it takes: every choice is parsed, not only the first and last
@@ -89,6 +93,18 @@ def test_bad_study_files_are_one_line_before_any_training(tmp_path, capsys, body
     err = capsys.readouterr().err
     # jsonargparse spells "unrecognized arguments" with a capital U in some versions
     assert message.lower() in err.lower() and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_study_file_or_base_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text("repeat:\n  seeds: [0]\n", encoding="utf-16")
+    assert study.main([str(utf16), "--dir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.endswith(f"{utf16}: not a UTF-8 text file; give a study YAML file saved as UTF-8\n")
+    path = write_study(tmp_path / "on_utf16.yaml", base=str(utf16), repeat={"seeds": [0]})
+    assert study.main([str(path), "--dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{utf16} is not a UTF-8 text file; give a fit config (YAML)" in err
     assert not (tmp_path / "out").exists()
 
 
