@@ -108,6 +108,8 @@ class FashionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config.trainer
+        if _is_tensorboard(trainer.logger):  # `save_dir: ~/runs` in a config: the shell expands only the command line
+            trainer.logger.init_args.save_dir = os.path.expanduser(trainer.logger.init_args.save_dir)
         logger, log_root = trainer.logger, _log_root(trainer.logger)
         if log_root is not None:
             check_writable(log_root, SAVE_DIR_OPTION)
@@ -293,7 +295,7 @@ def resolve_config_names(argv: list[str]) -> list[str]:
         if arg.startswith("--config="):
             value, prefix = arg.split("=", 1)[1], "--config="
         if value and Path(value).is_file():
-            _check_text(Path(value))
+            _check_config_file(Path(value))
         if not value or Path(value).exists() or not isinstance(_yaml_value(value), str):
             continue
         shipped = CONFIG_DIR / f"{value}.yaml"
@@ -307,14 +309,23 @@ def resolve_config_names(argv: list[str]) -> list[str]:
     return out
 
 
-def _check_text(path: Path) -> None:
-    """Refuse a ``--config`` file that is not UTF-8 text (a checkpoint, or YAML saved as UTF-16): jsonargparse would
-    stop with a UnicodeDecodeError traceback."""
+def _check_config_file(path: Path) -> None:
+    """Refuse a ``--config`` file jsonargparse would stop on with a traceback or a bare "Unexpected config": one
+    that is not UTF-8 text (a checkpoint, or YAML saved as UTF-16), an empty one, and one with an empty section
+    (``data:`` with nothing under it)."""
     try:
-        path.read_text(encoding="utf-8")
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"--config {path}: not a UTF-8 text file; give a YAML config saved as UTF-8 (a checkpoint "
                           f"goes to --ckpt_path)") from None
+    except yaml.YAMLError:
+        return  # jsonargparse says where
+    if values is None:
+        raise ConfigError(f"--config {path}: the file is empty; give a YAML mapping such as `model: {{lr: 0.1}}`")
+    empty = [key for key in ("trainer", "model", "data") if isinstance(values, dict) and key in values
+             and values[key] is None]
+    if empty:
+        raise ConfigError(f"--config {path}: `{empty[0]}:` has nothing under it; give its options, or leave it out")
 
 
 def _yaml_value(text: str) -> object:

@@ -140,13 +140,20 @@ def test_unknown_key_in_a_config_file(workdir, capsys):
     assert not (workdir / "lightning_logs").exists()
 
 
-def test_a_config_that_is_not_utf8_text_is_one_line(workdir, capsys):
-    config = workdir / "utf16.yaml"
-    config.write_text("model:\n  lr: 0.1\n", encoding="utf-16")  # as some Windows editors save YAML
+@pytest.mark.parametrize(("content", "encoding", "message"), [
+    ("model:\n  lr: 0.1\n", "utf-16", "not a UTF-8 text file; give a YAML config saved as UTF-8 (a checkpoint goes "
+                                       "to --ckpt_path)"),  # as some Windows editors save YAML
+    ("", "utf-8", "the file is empty; give a YAML mapping such as `model: {lr: 0.1}`"),
+    ("# only a comment\n", "utf-8", "the file is empty"),
+    ("model:\n  lr: 0.1\ndata:\n", "utf-8", "`data:` has nothing under it; give its options, or leave it out"),
+    ("model: null\n", "utf-8", "`model:` has nothing under it"),
+])
+def test_a_config_file_jsonargparse_cannot_read_is_one_line(workdir, capsys, content, encoding, message):
+    config = workdir / "config.yaml"
+    config.write_text(content, encoding=encoding)
     assert run_fit("--config", str(config)) == 1
     err = capsys.readouterr().err
-    assert err == f"python -m fashion_cnn.fit: error: --config {config}: not a UTF-8 text file; give a YAML config " \
-                  f"saved as UTF-8 (a checkpoint goes to --ckpt_path)\n"
+    assert err.startswith(f"python -m fashion_cnn.fit: error: --config {config}: {message}") and err.count("\n") == 1
     assert not (workdir / "lightning_logs").exists()
 
 
@@ -216,6 +223,16 @@ def test_a_run_without_a_logger_trains_and_keeps_its_checkpoint(workdir):
     # seed.yaml's LearningRateMonitor needs a logger: Lightning would stop the run at its start with a traceback
     assert run_fit("--trainer.logger", "false", "--trainer.max_epochs", "1") == 0
     assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == ["checkpoints", "checkpoints/last.ckpt"]
+
+
+def test_a_save_dir_under_home_in_a_config_file_holds_the_whole_run(workdir, monkeypatch):
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    config = workdir / "home_runs.yaml"
+    config.write_text("trainer:\n  logger:\n    init_args:\n      save_dir: ~/runs\n")  # no shell expands it here
+    assert run_fit("--config", str(config), "--trainer.max_epochs", "1") == 0
+    run = workdir / "home" / "runs" / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    assert not (workdir / "~").exists()
 
 
 def test_log_directory_that_cannot_be_written(workdir, capsys):
