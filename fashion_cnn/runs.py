@@ -73,7 +73,11 @@ def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
+    try:
+        events.Reload()
+    except OSError as err:  # e.g. a directory where an events file should be
+        raise RunError(f"{run_dir}: its TensorBoard events cannot be read ({first_line(err)}); move the run aside, "
+                       f"or put back what fit wrote there") from None
     return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
 
 
@@ -85,8 +89,10 @@ def run_config(run_dir: Path) -> dict:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise RunError(f"{path} cannot be read ({first_line(err)}): put back the "
                        f"config.yaml fit wrote there, or move the run aside") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("trainer") or {}, dict):
-        raise RunError(f"{path}: not a fit config (a mapping with trainer, model and data)")
+    sections = ("trainer", "model", "data")
+    if not isinstance(raw, dict) or any(not isinstance(raw.get(key) or {}, dict) for key in sections):
+        raise RunError(f"{path}: not a fit config (a mapping with trainer, model and data); put back the config.yaml "
+                       f"fit wrote there, or move the run aside")
     return raw
 
 

@@ -76,14 +76,23 @@ def test_a_run_that_never_read_the_test_set_is_one_line_that_says_so(tmp_path, m
     assert not (result.run_dir / "learning_curves.png").exists()
 
 
-def test_a_run_whose_config_is_damaged_is_one_line_and_nothing_is_written(trained_run, tmp_path, capsys):
+@pytest.mark.parametrize(("damage", "message"), [
+    ({"config.yaml": "model: [\n"}, "config.yaml cannot be read"),  # cut off mid-file
+    ({"config.yaml": "model: hello\n"}, "config.yaml: not a fit config"),  # a section that is no mapping
+    ({"events.out.tfevents.0.host.1.0": None}, "its TensorBoard events cannot be read"),  # a directory
+])
+def test_a_damaged_run_is_one_line_and_nothing_is_written(trained_run, tmp_path, capsys, damage, message):
     run = tmp_path / "version_0"
     shutil.copytree(trained_run, run)
-    (run / "config.yaml").write_text("model: [\n")  # cut off mid-file
+    for name, content in damage.items():
+        if content is None:
+            (run / name).mkdir()
+        else:
+            (run / name).write_text(content)
     before = tree_digest(tmp_path)
     assert report.main(["--run", str(run)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "config.yaml cannot be read" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert tree_digest(tmp_path) == before
 
 

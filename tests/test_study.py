@@ -356,6 +356,7 @@ def test_a_paired_gain_compares_like_with_like_and_counts_each_run_once(trained_
 
 @pytest.mark.parametrize(("config", "message"), [
     ("trainer: [not, a, mapping]\n", "not a fit config"),
+    ("model: hello\n", "not a fit config"),
     ("model: [\n", "config.yaml cannot be read"),  # damaged: not YAML at all
     (b"\xff\xfe", "config.yaml cannot be read"),
     (None, "no such run directory"),
