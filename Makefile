@@ -12,8 +12,10 @@ STUDY    ?= studies/fast_repeats.yaml
 # make test on one process per core, at most 4 (pytest-xdist); a test's subprocesses and memory grow with each
 TEST_JOBS ?= -n auto --maxprocesses 4
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Study files name no data_dir (their base configs say data/): a DATA_DIR elsewhere reaches their runs this way
-STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR=$(abspath $(DATA_DIR)) )$(PY)
+# Study files name no data_dir (their base configs say data/): a DATA_DIR elsewhere reaches their runs this way,
+# made absolute by the shell (make's abspath would split a path with spaces). Paths are quoted for the same reason.
+STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR="$$(cd -- "$(DATA_DIR)" 2>/dev/null && pwd \
+  || printf %s "$(DATA_DIR)")" )$(PY)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train study test test-slow test-floors tensorboard report bench bench-fast frontier lint clean
@@ -30,20 +32,20 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 data: setup ## Find and verify FashionMNIST; if there is no copy, install the Debian package or download it
-	@$(PY) -m fashion_cnn.data_files --data_dir $(DATA_DIR); rc=$$?; \
+	@$(PY) -m fashion_cnn.data_files --data_dir "$(DATA_DIR)"; rc=$$?; \
 	if [ $$rc = 3 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "Installing the Debian package dataset-fashion-mnist ..."; \
 	  { $(SUDO) apt-get install -y -qq dataset-fashion-mnist || \
 	    { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null 2>&1 \
 	    || echo "apt could not install it; trying torchvision's download"; \
 	fi; \
-	[ $$rc = 0 ] || { [ $$rc = 3 ] && $(PY) -m fashion_cnn.data_files --data_dir $(DATA_DIR) --download; }
+	[ $$rc = 0 ] || { [ $$rc = 3 ] && $(PY) -m fashion_cnn.data_files --data_dir "$(DATA_DIR)" --download; }
 
 train: data ## Train an experiment (default: the notebook's, 40 epochs) into lightning_logs/
-	$(PY) -m fashion_cnn.fit --config $(CONFIG) --data.data_dir $(DATA_DIR) $(ARGS)
+	$(PY) -m fashion_cnn.fit --config "$(CONFIG)" --data.data_dir "$(DATA_DIR)" $(ARGS)
 
 study: data ## Run a study file (STUDY=studies/fast_repeats.yaml; a search: studies/fast_search.yaml); resumable
-	$(STUDY_PY) -m fashion_cnn.study $(STUDY) $(ARGS)
+	$(STUDY_PY) -m fashion_cnn.study "$(STUDY)" $(ARGS)
 
 test: setup ## Run the test suite (fast, offline, CPU; TEST_JOBS='' runs it in one process)
 	$(PY) -m pytest -q $(TEST_JOBS)
@@ -65,13 +67,13 @@ tensorboard: setup ## Serve lightning_logs/ with TensorBoard (PORT=6006)
 	$(VENV)/bin/tensorboard --logdir lightning_logs --port $(PORT)
 
 report: setup ## Draw a run's learning curves next to the notebook's, into the run's directory (RUN=newest)
-	$(PY) -m fashion_cnn.report $(if $(RUN),--run $(RUN)) $(ARGS)
+	$(PY) -m fashion_cnn.report $(if $(RUN),--run "$(RUN)") $(ARGS)
 
 bench: data ## Seconds per epoch side by side: notebook loop, bare floor, bare Trainer, project (ratios, JSON)
-	$(PY) -m benchmarks.bench --data_dir $(DATA_DIR) $(ARGS)
+	$(PY) -m benchmarks.bench --data_dir "$(DATA_DIR)" $(ARGS)
 
 bench-fast: data ## Wall time to 88.5% test accuracy: the notebook's loop vs the fast config
-	$(PY) -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast --epochs 40 --data_dir $(DATA_DIR) \
+	$(PY) -m benchmarks.bench --time-to 0.885 --variants notebook,project --config fast --epochs 40 --data_dir "$(DATA_DIR)" \
 	  --json benchmarks/results/bench_fast.json $(ARGS)
 
 frontier: data ## Time to 88.5..95% test accuracy of the shipped configs (runs their repeat studies first, 1 worker)
