@@ -21,7 +21,7 @@ import torch
 from fashion_cnn.analysis import Predictions, confusion_matrix, most_confused, per_class_scores, predictions
 from fashion_cnn.checkpoints import Loaded, load
 from fashion_cnn.commands import CommandError, add_checkpoint_arguments, cannot_write, parser, run
-from fashion_cnn.data_files import CLASSES, load_split, locate
+from fashion_cnn.data_files import CLASSES, candidate_dirs, load_split, locate
 from fashion_cnn.datamodule import hold_out
 from fashion_cnn.figures import evaluation_figures, save
 
@@ -42,6 +42,11 @@ def predictions_on(loaded: Loaded, split: str = "test",
         raise CommandError(f"{loaded.path} was trained without a validation split (data.val_size 0), so every "
                            f"training image was seen; evaluate it on --split test")
     directory = locate(data_dir or hp.data_dir, allow_download=hp.download)
+    if data_dir is not None and directory not in [d for label, d in candidate_dirs(data_dir) if label == "data_dir"]:
+        # locate went on to another copy ($FASHION_MNIST_DIR's, Debian's): not the one the user named
+        raise CommandError(f"--data_dir {data_dir} holds no FashionMNIST copy (the four idx files, in it or in its "
+                           f"FashionMNIST/raw/); point it at the directory that holds them, or leave it out for "
+                           f"the run's own ({hp.data_dir})")
     images, labels = load_split(directory, "train" if split == "val" else "test", hp.verify)
     if split == "val":
         if loaded.train_images not in (None, len(labels)):  # the same indices would pick other images

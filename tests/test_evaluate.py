@@ -45,6 +45,17 @@ def test_missing_data_is_one_line(trained_run, tmp_path, capsys, no_other_copies
     assert code == 1 and err.count("\n") == 1 and "error: FashionMNIST not found" in err
 
 
+def test_a_data_dir_without_a_copy_is_refused_even_where_another_copy_exists(trained_run, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(FIXTURE))  # another copy, which fit would go on to
+    (tmp_path / "typo").mkdir()
+    code = evaluate.main(["--ckpt_path", str(best_checkpoint(trained_run)), "--data_dir", str(tmp_path / "typo"),
+                          "--out_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and f"--data_dir {tmp_path / 'typo'} holds no FashionMNIST copy" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_mirror_averages_each_images_logits_with_its_mirror_images(trained_run, tmp_path):
     from fashion_cnn.analysis import predictions
     from fashion_cnn.checkpoints import load
