@@ -259,12 +259,15 @@ def cpu_has_bfloat16() -> bool:
 
 
 def precision_for_this_cpu(precision: str | int | None, accelerator: str) -> str | int | None:
-    """``precision``, or ``32-true`` where it is bfloat16 on a CPU without native bfloat16 (no AVX512-BF16 or AMX):
-    there oneDNN emulates it, several times slower than float32 (``python -m benchmarks.net_step --precision
-    bf16-mixed``), so the presets that ask for bfloat16 to be fast (fast, strong) would be the slowest."""
+    """``precision``, or ``32-true`` where it is bfloat16 (or 16-mixed, which Lightning runs as bfloat16 there) on a
+    CPU without native bfloat16 (no AVX512-BF16 or AMX): there oneDNN emulates it, several times slower than float32
+    (``python -m benchmarks.net_step --precision bf16-mixed``), so the presets that ask for bfloat16 to be fast
+    (fast, strong) would be the slowest."""
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()  # what accelerator "auto" picks first
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not gpu)
-    return "32-true" if str(precision).startswith("bf16") and on_cpu and not cpu_has_bfloat16() else precision
+    # Lightning runs 16-mixed on a CPU as bf16-mixed (it has no float16 autocast there)
+    bf16 = str(precision).startswith("bf16") or str(precision) in ("16", "16-mixed")
+    return "32-true" if bf16 and on_cpu and not cpu_has_bfloat16() else precision
 
 
 def _is_launching_process() -> bool:

@@ -313,7 +313,10 @@ def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, cap
     ("bf16-mixed", "cpu", True, False, "32-true"), ("bf16-true", "cpu", False, False, "32-true"),
     ("bf16", "auto", False, False, "32-true"), ("bf16-mixed", "auto", True, False, "bf16-mixed"),
     ("bf16-mixed", "gpu", False, False, "bf16-mixed"), ("bf16-mixed", "cpu", False, True, "bf16-mixed"),
-    (None, "cpu", False, False, None), (16, "cpu", False, False, 16), ("16-mixed", "cpu", False, False, "16-mixed")])
+    (None, "cpu", False, False, None), ("32-true", "cpu", False, False, "32-true"),
+    # Lightning turns 16-mixed on a CPU into bf16-mixed: emulated without native bfloat16 too
+    (16, "cpu", False, False, "32-true"), ("16-mixed", "cpu", False, False, "32-true"),
+    ("16-mixed", "cpu", False, True, "16-mixed"), ("16-mixed", "gpu", False, False, "16-mixed")])
 def test_only_bfloat16_on_a_cpu_without_it_falls_back(monkeypatch, precision, accelerator, gpu, native, used):
     monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
