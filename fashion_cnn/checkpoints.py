@@ -125,6 +125,8 @@ def read(path: Path) -> dict:
                               f"copy it again or use another checkpoint (e.g. last.ckpt of the same run)") from None
     missing = [k for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
                if not isinstance(checkpoint, dict) or k not in checkpoint]
+    missing += [f"{k} as a mapping" for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+                if k not in missing and not isinstance(checkpoint[k], dict)]  # a hand-edited or foreign file
     if missing:
         raise CheckpointError(f"{path} is not a fashion_cnn.fit checkpoint (it lacks {', '.join(missing)}); "
                               f"use a .ckpt file from lightning_logs/version_N/checkpoints/")
@@ -140,12 +142,15 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def net_name(net_config: dict | None) -> str:
+def net_name(net_config: dict | str | None) -> str:
     """The class path of a network as the ``model.net`` config (or a checkpoint's hparams) describes it."""
-    return (net_config or {}).get("class_path", f"{SeedCNN.__module__}.{SeedCNN.__name__}")
+    if isinstance(net_config, str):  # a class path alone, as a config may give it
+        return net_config
+    default = f"{SeedCNN.__module__}.{SeedCNN.__name__}"
+    return str(net_config.get("class_path", default)) if isinstance(net_config, dict) else default
 
 
-def build_net(net_config: dict | None) -> nn.Module:
+def build_net(net_config: dict | str | None) -> nn.Module:
     """The network a ``model.net`` config describes (``class_path`` and ``init_args``, as LightningCLI records it
     in a checkpoint's hyperparameters; None: the default :class:`~fashion_cnn.nets.SeedCNN`).
 
@@ -155,7 +160,7 @@ def build_net(net_config: dict | None) -> nn.Module:
     net_class = getattr(importlib.import_module(module_name), class_name)
     if not (isinstance(net_class, type) and issubclass(net_class, nn.Module)):
         raise TypeError(f"{net_name(net_config)} is not a torch.nn.Module")
-    return net_class(**(net_config or {}).get("init_args", {}))
+    return net_class(**(net_config.get("init_args") or {} if isinstance(net_config, dict) else {}))
 
 
 def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Loaded:
@@ -186,7 +191,8 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first_line(err)}); "
                               f"it may come from another version of fashion_cnn: use the code version that wrote "
                               f"it") from None
-    train_images = (checkpoint.get(FashionMNISTDataModule.__qualname__) or {}).get("train_images")
+    state = checkpoint.get(FashionMNISTDataModule.__qualname__)  # the data module's state_dict (None: older runs)
+    train_images = state.get("train_images") if isinstance(state, dict) else None
     return Loaded(path=path, net=net.eval(), datamodule=datamodule, train_images=train_images)
 
 

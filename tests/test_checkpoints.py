@@ -97,6 +97,19 @@ def test_a_file_that_is_no_checkpoint_is_called_so(name, content, tmp_path, caps
     assert "not a PyTorch checkpoint" in err and "would run code" not in err and other.read_bytes() == before
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(hyper_parameters=None), "it lacks hyper_parameters as a mapping"),
+    (lambda c: c.update(datamodule_hyper_parameters=[1]), "it lacks datamodule_hyper_parameters as a mapping"),
+    (lambda c: c["hyper_parameters"].update(net="fashion_cnn.nets.StrongCNN"), "cannot rebuild fashion_cnn.nets.St"),
+])
+def test_a_hand_edited_checkpoint_is_one_line(edit, message, trained_run, tmp_path, capsys):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    assert run_command("evaluate", str(tmp_path / "edited.ckpt"), tmp_path) == 1
+    assert_one_line_error(capsys, "evaluate", message)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_checkpoint_whose_pickle_would_run_code_is_refused_unopened(command, tmp_path, capsys):
     marker = tmp_path / "pwned"
