@@ -135,14 +135,14 @@ class FashionCLI(LightningCLI):
         if self.new_run is not None:  # the logger has its number; config.yaml records none, so that `--config
             self.config.trainer.logger.init_args.version = None  # <run>/config.yaml` starts a new run, not this one
 
-    def release_new_run(self) -> None:
-        """Remove the run directory this process reserved (and the log directories above it that it made) unless it
-        holds a checkpoint: a run that failed before its first checkpoint leaves nothing behind. Lightning's setup
-        has written an events file (and config.yaml) there by then, which report and compare would take for a run;
-        a run that failed later keeps its checkpoints and logs."""
-        if self.new_run is not None and not any(self.new_run.glob("checkpoints/*.ckpt")):
+    def release_new_run(self, trained: bool = False) -> None:
+        """Remove the run directory this process reserved (and the log directories above it that it made) when the
+        run failed before training a step: it leaves nothing behind. Lightning's setup has written an events file
+        (and config.yaml) there by then, which report and compare would take for a run. A run that ``trained`` (one a
+        study pruned, say, or whose loss became NaN) keeps its logs and checkpoints."""
+        if self.new_run is not None and not trained:
             shutil.rmtree(self.new_run, ignore_errors=True)
-        remove_empty(self.new_dirs)
+        remove_empty((self.new_run, *self.new_dirs))
 
     def restore_resumed_run(self, step: int) -> None:
         """After a resume into its run that stopped at ``step`` (the trainer's global step) before training one
@@ -395,9 +395,10 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
     except BaseException as err:
         if isinstance(err, SystemExit) and trainer.interrupted:  # Ctrl-C: Lightning 2.6 ends its shutdown with exit(1)
             return _interrupted(trainer, start, how_to_continue)
-        cli.release_new_run()
         # under ddp_spawn/ddp_fork the workers train: this process's global step stays 0 whatever they did
-        if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+        cli.release_new_run(trained=spawned or trainer.global_step > 0)
+        if not spawned:
             cli.restore_resumed_run(trainer.global_step)
         raise
     return _result(0, trainer, start)
