@@ -43,6 +43,7 @@ from fashion_cnn.module import FashionClassifier, check_optimizer_options
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "seed.yaml"  # the notebook's experiment, read beneath every --config
 PROG = "python -m fashion_cnn.fit"
+_SAID: set[str] = set()  # notices this process has printed: the same one is not repeated for each fit in it
 SAVE_DIR_OPTION = "--trainer.logger.init_args.save_dir"  # where fit's runs go (save_dir/lightning_logs/version_N)
 MAX_SEED = 2**32 - 1  # Lightning seeds numpy too, whose seeds are 32-bit
 
@@ -121,9 +122,12 @@ class FashionCLI(LightningCLI):
             self.new_run = runs.reserve_run_dir(log_root)
             logger.init_args.version = int(self.new_run.name.removeprefix("version_"))
         precision = precision_for_this_cpu(trainer.precision, str(trainer.accelerator))
-        if precision != trainer.precision and _is_launching_process():  # last: a command refused above says only why
-            print(f"{PROG}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where {trainer.precision} is "
-                  f"emulated and several times slower: training in {precision} instead", file=sys.stderr)
+        fallback = (f"{PROG}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where {trainer.precision} is "
+                    f"emulated and several times slower: training in {precision} instead")
+        # last: a command refused above says only why; once per process: a study's trials would repeat it
+        if precision != trainer.precision and _is_launching_process() and fallback not in _SAID:
+            _SAID.add(fallback)
+            print(fallback, file=sys.stderr)
         trainer.precision = precision
 
     def instantiate_classes(self) -> None:
