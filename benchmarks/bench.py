@@ -109,8 +109,11 @@ def run_one_by_one(names: list[str], epochs: int, config: str, target: float, da
 
 
 def git(*args: str) -> str | None:
-    """A git command's output in ROOT, or None outside a git checkout."""
-    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    """A git command's output in ROOT, or None outside a git checkout (or without git)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return None
     return done.stdout.strip() if done.returncode == 0 else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks import bare, workers
+from benchmarks import bare, bench, workers
 from benchmarks.bench import circumstances, command, paired_ratio, summary
 from benchmarks.callback import BenchWorker
 from benchmarks.turns import READY, Worker, read_report, report, wait_for_turn
@@ -177,13 +178,16 @@ def test_a_real_project_run_prints_a_bench_line_per_epoch(tmp_path, monkeypatch,
     assert [r["epoch"] for r in reports] == [1, 2] and all(0 <= r["acc"] <= 1 for r in reports)
 
 
-def test_a_result_records_what_a_citation_needs():
+def test_a_result_records_what_a_citation_needs(tmp_path, monkeypatch):
     run = circumstances()
-    assert re.fullmatch(r"[0-9a-f]{40}", run["git_commit"]) and isinstance(run["git_dirty"], bool)
+    if (bench.ROOT / ".git").exists() and shutil.which("git"):
+        assert re.fullmatch(r"[0-9a-f]{40}", run["git_commit"]) and isinstance(run["git_dirty"], bool)
     assert run["argv"] == sys.orig_argv and torch.__version__.startswith(run["torch"])
     assert run["cpu_count"] >= 1 and len(run["load_average_start"]) == 3
     assert run["cpu_bfloat16"] in (fit.cpu_has_bfloat16(), None) and "cpu" in run  # None: no /proc/cpuinfo
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", run["started"])
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # outside a git checkout (an unpacked sdist, say)
+    assert (circumstances()["git_commit"], circumstances()["git_dirty"]) == (None, None)
 
 
 def test_net_step_times_the_configs_network_and_each_variant(capsys):

@@ -13,7 +13,6 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_cnn import fit, runs
 from fashion_cnn.datamodule import FashionMNISTDataModule
@@ -34,13 +33,12 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def test_smoke_run_logs_every_epoch_checkpoints_and_hyperparameters(workdir, capsys):
     assert run_fit("--trainer.max_epochs", "3") == 0
     run = workdir / "lightning_logs" / "version_0"
-    logged = scalars(run)
+    events = runs.run_scalars(run)
+    logged = {tag: [e.value for e in tag_events] for tag, tag_events in events.items()}
     assert len(logged["test/acc"]) == 3 and len(logged["test/loss"]) == 3
     assert all(0.0 <= a <= 1.0 for a in logged["test/acc"]) and "train/loss" in logged and "train/acc" in logged
     # 3 epochs of 8 steps with log_every_n_steps 4: the step loss is written on steps 4, 8, ..., 24 (0-based 3, ...)
-    events = EventAccumulator(str(run))
-    events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [3, 7, 11, 15, 19, 23]
+    assert [e.step for e in events["train/loss"]] == [3, 7, 11, 15, 19, 23]
     # No validation split, so nothing is picked: the final test is the last epoch's, the only checkpoint last.ckpt.
     assert logged["final/test_acc"] == [logged["test/acc"][-1]]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
