@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -485,6 +486,13 @@ def test_optunas_trial_log_leaves_out_only_what_the_study_says_in_one_line(error
     assert study._said_elsewhere(record) is kept
 
 
+def patch_sleep(monkeypatch, fake) -> None:
+    """Replace ``time.sleep`` (the study's waits) by ``fake`` in the test's own thread only: the patch is
+    process-wide, and other threads (Optuna's heartbeat, say) keep the real one."""
+    real, caller = time.sleep, threading.current_thread()
+    monkeypatch.setattr(study.time, "sleep", lambda s: fake(s) if threading.current_thread() is caller else real(s))
+
+
 def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tmp_path, capsys, monkeypatch):
     path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0]})
     url = f"journal:{tmp_path / 'journal.log'}"
@@ -494,7 +502,7 @@ def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tm
     def stop(seconds: float) -> None:
         raise KeyboardInterrupt  # the user's Ctrl-C, the only way out of this wait
 
-    monkeypatch.setattr(study.time, "sleep", stop)
+    patch_sleep(monkeypatch, stop)
     assert study.main([str(path), "--dir", str(tmp_path / "out"), "--storage", url, "--workers", "1"]) == 130
     said = capsys.readouterr().err.splitlines()
     assert said[-2].startswith("python -m fashion_cnn.study: waiting for trial(s) 0, running in other processes")
@@ -533,7 +541,7 @@ def test_a_worker_waiting_for_the_last_trial_ends_within_a_second_of_it_not_a_he
         slept.append(seconds)
         created.tell(elsewhere, 0.9)  # ... which finishes while this worker waits
 
-    monkeypatch.setattr(study.time, "sleep", sleep)
+    patch_sleep(monkeypatch, sleep)
     study.work(spec, created, tmp_path, heartbeat=10)
     assert slept == [study.WAIT_POLL_S] and study.WAIT_POLL_S <= 1
 
