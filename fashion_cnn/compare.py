@@ -84,9 +84,10 @@ def callback_keys(callbacks: Any) -> dict[str, str]:
     return keys
 
 
-def read_run(path: Path, complete: bool = True) -> Run:
+def read_run(path: Path, complete: bool | None = None) -> Run:
     """A run directory's config (flat, with the options added since at their defaults), final test accuracy, best
-    validation accuracy and wall time, from its config.yaml and TensorBoard events."""
+    validation accuracy and wall time, from its config.yaml and TensorBoard events. ``complete``: whether it
+    finished (None: it did if it has its final test, or never reads the test set: a model-selection run)."""
     if not path.is_dir():
         raise commands.CommandError(f"{path}: no such run directory (moved or deleted?); name the runs that exist")
     raw = run_config(path)
@@ -96,6 +97,8 @@ def read_run(path: Path, complete: bool = True) -> Run:
     test = logged["final/test_acc"][-1].value if "final/test_acc" in logged else None
     val = max(e.value for e in logged["val/acc"]) if "val/acc" in logged else None
     times = [e.wall_time for events in logged.values() for e in events]
+    if complete is None:  # a run stopped before its final test (killed, diverged, still running) is not a result
+        complete = test is not None or (raw.get("data") or {}).get("test") is False
     return Run(path, config, test, val, (max(times) - min(times)) if times else 0.0, complete)
 
 
@@ -223,8 +226,8 @@ def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
             is_baseline = {r.path.resolve() for r in members} == baseline_paths
             row += f" {'(the baseline)' if is_baseline else paired_gain(members, baseline)} |"
         rows.append(row)
-    pruned = len(runs) - len(complete)
-    return "\n".join(rows) + (f"\n\n{pruned} pruned run(s) not in the table." if pruned else "")
+    left_out = len(runs) - len(complete)
+    return "\n".join(rows) + (f"\n\n{left_out} unfinished or pruned run(s) not in the table." if left_out else "")
 
 
 def figure(runs: list[Run]) -> Figure:

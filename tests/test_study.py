@@ -21,7 +21,7 @@ import yaml
 
 from fashion_cnn import commands, compare, fit, study, study_file
 from fashion_cnn.data_files import DataError
-from tests.helpers import FIXTURE, scalars, signal_in_epoch_3, tree_digest
+from tests.helpers import FIXTURE, SMALL, scalars, signal_in_epoch_3, tree_digest
 
 ON_FIXTURE = {"data.data_dir": str(FIXTURE), "data.verify": False, "data.download": False,
               "trainer.enable_model_summary": False, "trainer.log_every_n_steps": 4, "trainer.max_epochs": 1}
@@ -293,6 +293,20 @@ def test_compare_any_runs(trained_run, tmp_path, capsys):
     assert compare.main([str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no runs" in err
+
+
+def test_compare_leaves_out_a_run_that_stopped_before_its_final_test(tmp_path, capsys, monkeypatch):
+    from fashion_cnn import compare, fit
+
+    monkeypatch.chdir(tmp_path)
+    assert fit.main([*SMALL, "--trainer.max_epochs", "1"]) == 0
+    # its loss becomes NaN in epoch 2: epoch 1's checkpoint and logs stay, but it never reaches its final test
+    assert fit.main([*SMALL, "--trainer.max_epochs", "2", "--model.lr", "1e6"]) == 1
+    capsys.readouterr()
+    assert compare.main(["lightning_logs", "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "| (same config) | 1 |" in out and "1 unfinished or pruned run(s) not in the table." in out
+    assert "not measured" not in out
 
 
 def test_compare_gives_each_groups_gain_over_a_baseline_paired_by_seed():
