@@ -145,8 +145,10 @@ def read_image(path: Path) -> torch.Tensor:
         raise _too_large(path, f"over {Image.MAX_IMAGE_PIXELS:,} pixels") from None
     except UnidentifiedImageError:
         with path.open("rb") as file:
-            damaged = file.read(8).startswith(SIGNATURES)
-        problem = (f"cannot read the image (its header is cut short or damaged); {RESAVE}" if damaged
+            start = file.read(8)
+        problem = ("an empty file (0 bytes): copy or save the image again" if not start
+                   else f"cannot read the image (its header is cut short or damaged); {RESAVE}"
+                   if start.startswith(SIGNATURES)
                    else "not a PNG or JPEG image; give PNG or JPEG files (convert others first)")
         raise ImageReadError(f"{path}: {problem}") from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated/corrupt data, an unreadable file, ...

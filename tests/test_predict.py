@@ -78,7 +78,7 @@ def test_bad_files_are_one_line_each_and_the_others_still_predicted(trained_run,
     gif = io.BytesIO()
     Image.new("L", (28, 28)).save(gif, "GIF")
     bad = {"notes.png": b"not a picture", "renamed_gif.png": gif.getvalue(), "cut_header.png": png[:30],
-           "cut.png": png[:len(png) // 2], "cut.jpg": jpeg[:len(jpeg) // 2]}
+           "cut.png": png[:len(png) // 2], "cut.jpg": jpeg[:len(jpeg) // 2], "empty.png": b""}
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
     good = image_dirs["as_is"] / "001.png"
@@ -92,6 +92,7 @@ def test_bad_files_are_one_line_each_and_the_others_still_predicted(trained_run,
                 (f"{tmp_path}/cut_header.png: cannot read the image (its header is cut short or damaged)", resave),
                 (f"{tmp_path}/cut.png: cannot read the image (image file is truncated", resave),
                 (f"{tmp_path}/cut.jpg: cannot read the image (image file is truncated", resave),
+                (f"{tmp_path}/empty.png: an empty file (0 bytes): copy or save the image again", ""),
                 (f"{tmp_path}/missing.png: no such file or directory", "")]
     errors = captured.err.splitlines()
     assert len(errors) == len(expected)
