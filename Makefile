@@ -14,7 +14,7 @@ TEST_JOBS ?= -n auto --maxprocesses 4
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Study files name no data_dir (their base configs say data/): a DATA_DIR elsewhere reaches their runs this way,
 # made absolute by the shell (make's abspath would split a path with spaces). Paths are quoted for the same reason.
-STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR="$$(cd -- "$(DATA_DIR)" 2>/dev/null && pwd \
+STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR="$$(CDPATH= cd -- "$(DATA_DIR)" 2>/dev/null && pwd \
   || printf %s "$(DATA_DIR)")" )$(PY)
 
 .DEFAULT_GOAL := help

@@ -103,7 +103,8 @@ def read_run(path: Path, complete: bool | None = None) -> Run:
 
 
 def collect(target: Path, storage: str | BaseStorage | None = None, study_name: str | None = None) -> list[Run]:
-    """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete).
+    """The runs a command-line argument names (a study: its finished trials, pruned ones marked incomplete; run
+    directories: those that stopped before their final test marked incomplete).
     ``storage``: the study's Optuna storage, opened or as a URL (``journal:PATH`` too), when not its study.db."""
     db = target / "study.db"
     if (storage or db.is_file()) and not RUN_DIR.fullmatch(target.name):
@@ -297,8 +298,10 @@ def report(targets: list[Path], out: Path | None = None, storage: str | BaseStor
                                     f"paired by seed would be ambiguous; give each seed's run once")
     runs = [*(base_runs or []), *(r for t in targets for r in collect(Path(t), storage, study_name))]
     runs = list({r.path.resolve(): r for r in runs}.values())  # the baseline may be a target too
-    if not runs:
-        raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}")
+    if not any(r.complete for r in runs):  # pruned trials, or runs stopped before their final test, only
+        unfinished = f" ({len(runs)} unfinished or pruned)" if runs else ""
+        raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}{unfinished}; name runs "
+                                    f"that reached their final test")
     text, fig = table(runs, base_runs), figure(runs)  # both made before anything is written
     out = Path(out or targets[0])
     try:

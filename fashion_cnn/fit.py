@@ -94,6 +94,7 @@ class FashionCLI(LightningCLI):
     new_run: Path | None = None  # the version_N directory this process reserved for a new run
     new_dirs: tuple[Path, ...] = ()  # the directories above it that this process created too, deepest first
     resumed: tuple[Path, int, dict[str, bytes | None]] | None = None  # the run resumed into: its dir, step, files
+    start_step: int = 0  # the global step training starts from (a resumed checkpoint's)
 
     def __init__(self, *args: Any, extra_callbacks: Sequence[L.Callback] = (), **kwargs: Any) -> None:
         self.extra_callbacks = tuple(extra_callbacks)  # added by train(callbacks=...), e.g. a study's pruning callback
@@ -141,12 +142,21 @@ class FashionCLI(LightningCLI):
 
     def release_new_run(self, trained: bool = False) -> None:
         """Remove the run directory this process reserved (and the log directories above it that it made) when the
-        run failed before training a step: it leaves nothing behind. Lightning's setup has written an events file
-        (and config.yaml) there by then, which report and compare would take for a run. A run that ``trained`` (one a
+        run failed before training a step: it leaves nothing behind (once Lightning's setup has run, an events file
+        and config.yaml are there, which report and compare would take for a run). A run that ``trained`` (one a
         study pruned, say, or whose loss became NaN) keeps its logs and checkpoints."""
         if self.new_run is not None and not trained:
             shutil.rmtree(self.new_run, ignore_errors=True)
         remove_empty((self.new_run, *self.new_dirs))
+
+    def clean_up_after_failure(self, trainer: L.Trainer) -> None:
+        """Undo what a run that failed wrote without training a step: its new run directory, or in a resumed run
+        the files Lightning's setup rewrote."""
+        # under ddp_spawn/ddp_fork the workers train: this process's global step stays where it was whatever they did
+        spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+        self.release_new_run(trained=spawned or trainer.global_step > self.start_step)
+        if not spawned:
+            self.restore_resumed_run(trainer.global_step)
 
     def restore_resumed_run(self, step: int) -> None:
         """After a resume into its run that stopped at ``step`` (the trainer's global step) before training one
@@ -180,7 +190,7 @@ class FashionCLI(LightningCLI):
         resume.check_same_recipe(checkpoint, path, self.config.model.as_dict(), self.config.data.as_dict())
         if self.config.model.schedule == "onecycle":
             resume.check_same_length(path, self.config.trainer.as_dict())
-        step = checkpoint["global_step"]
+        step = self.start_step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
         run = runs.run_dir_of(path)
         if log_root is not None and run.parent.resolve() == log_root.resolve() and runs.RUN_DIR.fullmatch(run.name):
@@ -328,7 +338,8 @@ def _check_config_file(path: Path) -> None:
     except yaml.YAMLError:
         return  # jsonargparse says where
     if values is None:
-        raise ConfigError(f"--config {path}: the file is empty; give a YAML mapping such as `model: {{lr: 0.1}}`")
+        raise ConfigError(f"--config {path}: the file has no settings (it is empty, or only comments); give a YAML "
+                          f"mapping such as `model: {{lr: 0.1}}`")
     empty = [key for key in ("trainer", "model", "data") if isinstance(values, dict) and key in values
              and values[key] is None]
     if empty:
@@ -391,7 +402,8 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
         # Lightning stops at the next step and exits 0 by default; a scheduler must not take that as done.
         print(f"{PROG}: stopped by SIGTERM; {_where_to_resume(trainer, how_to_continue)}", file=sys.stderr)
         return _result(TERMINATED, trainer, start)
-    except OSError as err:
+    except OSError as err:  # (an except clause below does not see what this one raises: each cleans up)
+        cli.clean_up_after_failure(trainer)
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DiskFull(f"no space left on the device while writing {err.filename or 'the run'}; free some space, "
@@ -399,11 +411,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
     except BaseException as err:
         if isinstance(err, SystemExit) and trainer.interrupted:  # Ctrl-C: Lightning 2.6 ends its shutdown with exit(1)
             return _interrupted(trainer, start, how_to_continue)
-        # under ddp_spawn/ddp_fork the workers train: this process's global step stays 0 whatever they did
-        spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-        cli.release_new_run(trained=spawned or trainer.global_step > 0)
-        if not spawned:
-            cli.restore_resumed_run(trainer.global_step)
+        cli.clean_up_after_failure(trainer)
         raise
     return _result(0, trainer, start)
 

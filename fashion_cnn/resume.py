@@ -65,10 +65,11 @@ def check_same_recipe(checkpoint: dict, path: Path, model: dict, data: dict) -> 
 
 def check_same_length(path: Path, trainer: dict) -> None:
     """Raise :class:`CheckpointError` if the config trains for another length than the checkpoint's run (its
-    config.yaml, when there is one), for a one-cycle schedule: laid out over the run's steps, it cannot be extended,
-    and torch would fail with a traceback once past the old end. Checked before the run is touched; Lightning's own
-    setup would already write into it (:meth:`~fashion_cnn.module.FashionClassifier.configure_optimizers` checks
-    the steps themselves there, when there is no config.yaml to go by)."""
+    config.yaml, when there is one; :class:`~fashion_cnn.runs.RunError` when that is damaged), for a one-cycle
+    schedule: laid out over the run's steps, it cannot be extended, and torch would fail with a traceback once past
+    the old end. Checked before the run is touched; Lightning's own setup would already write into it
+    (:meth:`~fashion_cnn.module.FashionClassifier.configure_optimizers` checks the steps themselves there, when
+    there is no config.yaml to go by)."""
     saved = run_config(run_dir_of(path)).get("trainer") or {}
     for key in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches"):
         if key in saved and saved[key] != trainer.get(key):

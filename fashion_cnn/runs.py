@@ -17,7 +17,8 @@ TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
 
 
 class RunError(FashionCNNError):
-    """A run directory that cannot be found or read; the message is one line: what is wrong and how to fix it."""
+    """A run directory that cannot be found, read or used as asked; the message is one line: what is wrong and how
+    to fix it."""
 
 
 def reserve_run_dir(log_root: Path) -> Path:

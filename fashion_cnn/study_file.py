@@ -245,9 +245,10 @@ def _distribution(key: str, spec: Any, bad: Refuse) -> optuna.distributions.Base
     if isinstance(spec, dict) and "choices" in spec:
         if not isinstance(spec["choices"], list) or not spec["choices"]:
             raise bad(f"{where}: choices must be a non-empty list")
-        if odd := next((c for c in spec["choices"] if not isinstance(c, bool | int | float | str | None)), None):
+        odd = [c for c in spec["choices"] if not isinstance(c, bool | int | float | str | None)]
+        if odd:
             raise bad(f"{where}: each choice must be a number, a string, true/false or null (Optuna stores no "
-                      f"other), got {odd!r}; for a list such as widths, search each of its items")
+                      f"other), got {odd[0]!r}; for a list such as widths, search each of its items")
         return CategoricalDistribution(spec["choices"])
     if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log", "step"}:
         raise bad(f"{where}: expected {{low, high}} (with log: true or step) or {{choices: [...]}}, got {spec!r}")
@@ -297,8 +298,8 @@ def check_fit_args(study: Study, bad: Refuse) -> None:
                for end in (0, -1)] if study.space else [{"seed": study.seeds[0]}]
     checked += [{**checked[0], k: choice} for k, choices in categorical.items() for choice in choices[1:-1]]
     for params in checked:
-        argv = fit.resolve_config_names(study.fit_args(params))
         try:
+            argv = fit.resolve_config_names(study.fit_args(params))
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                     warnings.catch_warnings():
                 fit.make_cli(argv, cli_class=_CheckCLI, parser_class=fit.RefusingParser)

@@ -141,8 +141,9 @@ def test_unknown_key_in_a_config_file(workdir, capsys):
 @pytest.mark.parametrize(("content", "encoding", "message"), [
     ("model:\n  lr: 0.1\n", "utf-16", "not a UTF-8 text file; give a YAML config saved as UTF-8 (a checkpoint goes "
                                        "to --ckpt_path)"),  # as some Windows editors save YAML
-    ("", "utf-8", "the file is empty; give a YAML mapping such as `model: {lr: 0.1}`"),
-    ("# only a comment\n", "utf-8", "the file is empty"),
+    ("", "utf-8", "the file has no settings (it is empty, or only comments); give a YAML mapping such as `model: "
+                  "{lr: 0.1}`"),
+    ("# only a comment\n", "utf-8", "the file has no settings"),
     ("model:\n  lr: 0.1\ndata:\n", "utf-8", "`data:` has nothing under it; give its options, or leave it out"),
     ("model: null\n", "utf-8", "`model:` has nothing under it"),
 ])

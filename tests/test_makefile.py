@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,8 @@ PRINTER = (f"{sys.executable} -c 'import json, os, sys; "
 
 def make(*args: str) -> list[list]:
     """The commands a target runs, each as [FASHION_MNIST_DIR, *arguments]; setup is taken as done."""
-    out = subprocess.run(["make", "-s", "-o", ".venv/.installed", f"PY={PRINTER}", *args], cwd=REPO,
+    env = {k: v for k, v in os.environ.items() if k not in ("FASHION_MNIST_DIR", "MAKEFLAGS", "MAKELEVEL", "CDPATH")}
+    out = subprocess.run(["make", "-s", "-o", ".venv/.installed", f"PY={PRINTER}", *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("[")]
 
@@ -33,4 +35,6 @@ def test_paths_with_spaces_reach_each_command_whole(tmp_path):
     # a study's trials find the data through the environment, as an absolute path
     study = make("study", f"DATA_DIR={data}", "STUDY=studies/my study.yaml")[-1]
     assert study == [str(data), "-m", "fashion_cnn.study", "studies/my study.yaml"]
+    relative = make("study", f"DATA_DIR={os.path.relpath(data, REPO)}")[-1]  # made absolute for the trials
+    assert relative[0] == str(data)
     assert make("report", "RUN=runs/version 1") == [[None, "-m", "fashion_cnn.report", "--run", "runs/version 1"]]

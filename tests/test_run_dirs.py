@@ -75,3 +75,19 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_directory(tmp_pa
     assert fit.main([*SMALL, "--data.verify", "true"]) == 1
     assert "512 images, expected 60,000" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+
+
+def test_a_full_disk_before_the_first_step_leaves_no_directory_either(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from fashion_cnn import fit
+    from fashion_cnn.datamodule import FashionMNISTDataModule
+
+    def full(self, stage=None):
+        raise OSError(errno.ENOSPC, "No space left on device", "somewhere/cache")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(FashionMNISTDataModule, "setup", full)  # after Lightning's logger has written its events
+    assert fit.main(SMALL) == 1
+    assert "no space left on the device while writing somewhere/cache" in capsys.readouterr().err
+    assert not (tmp_path / "lightning_logs").exists()

@@ -67,6 +67,8 @@ SPACE = {"model.lr": {"low": 0.01, "high": 0.2, "log": True}}
      "low and high must be finite numbers, got 0.01 and inf"),
     ({"search": {"trials": 2, "space": {"model.net.init_args.widths": {"choices": [[16, 32, 64], [32, 64, 128]]}}}},
      "each choice must be a number, a string, true/false or null"),
+    ({"search": {"trials": 2, "space": {"model.net.init_args.widths": {"choices": [[], [16, 32, 64]]}}}},
+     "each choice must be a number, a string, true/false or null (Optuna stores no other), got []"),
     ({"search": {"trials": 2, "space": {"model.lr": {"low": [0.1], "high": 0.5}}}},
      "must be numbers, got [0.1] and 0.5\n"),  # no hint about YAML's text numbers: it is not one
     # a choice fit refuses, between two it takes: every choice is parsed, not only the first and last
@@ -300,13 +302,17 @@ def test_compare_leaves_out_a_run_that_stopped_before_its_final_test(tmp_path, c
 
     monkeypatch.chdir(tmp_path)
     assert fit.main([*SMALL, "--trainer.max_epochs", "1"]) == 0
-    # its loss becomes NaN in epoch 2: epoch 1's checkpoint and logs stay, but it never reaches its final test
+    # its loss becomes NaN: having trained, the run stays, but it never reaches its final test
     assert fit.main([*SMALL, "--trainer.max_epochs", "2", "--model.lr", "1e6"]) == 1
     capsys.readouterr()
     assert compare.main(["lightning_logs", "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "| (same config) | 1 |" in out and "1 unfinished or pruned run(s) not in the table." in out
     assert "not measured" not in out
+    assert compare.main(["lightning_logs/version_1", "--out", str(tmp_path / "none")]) == 1  # the unfinished one
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no finished runs in lightning_logs/version_1 (1 unfinished or pruned)" in err
+    assert not (tmp_path / "none").exists()
 
 
 def test_compare_gives_each_groups_gain_over_a_baseline_paired_by_seed():
