@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
@@ -223,3 +224,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise OSError(err.errno, err.strerror, str(path)) from err
         finally:
             partial.unlink(missing_ok=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that keeps its record (the best score, the best and last checkpoints) when the
+    run's directory was moved or copied since the checkpoint was saved. Lightning drops the record then, so the
+    first epoch after the resume would count as the best, and ``best`` would name a file in the old place."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:  # the same files, now in this run's checkpoints/
+            here = Path(self.dirpath)
+
+            def moved(path: str | None) -> str | None:
+                return str(here / Path(path).name) if path else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                    "last_model_path")},
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_cnn import checkpoints, resume, runs
+from fashion_cnn.checkpoints import RunCheckpoint
 from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, check_writable, missing_dirs, remove_empty, run
 from fashion_cnn.datamodule import FashionMNISTDataModule, check_data_options
 from fashion_cnn.errors import FashionCNNError, OptionsError, one_line
@@ -149,9 +150,9 @@ class FashionCLI(LightningCLI):
             shutil.rmtree(self.new_run, ignore_errors=True)
         remove_empty((self.new_run, *self.new_dirs))
 
-    def clean_up_after_failure(self, trainer: L.Trainer) -> None:
-        """Undo what a run that failed wrote without training a step: its new run directory, or in a resumed run
-        the files Lightning's setup rewrote."""
+    def clean_up_after_stop(self, trainer: L.Trainer) -> None:
+        """Undo what a run that stopped (an error, Ctrl-C, SIGTERM) wrote without training a step: its new run
+        directory, or in a resumed run the files Lightning's setup rewrote."""
         # under ddp_spawn/ddp_fork the workers train: this process's global step stays where it was whatever they did
         spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
         self.release_new_run(trained=spawned or trainer.global_step > self.start_step)
@@ -179,7 +180,8 @@ class FashionCLI(LightningCLI):
 
     def _resume_into_its_run(self) -> bool:
         """Check the checkpoint to resume from (weights only: a pickle that would run code is refused), and keep
-        logging into its run's TensorBoard directory instead of starting an unrelated version (True: it does)."""
+        logging into its run's TensorBoard directory, wherever that lies, instead of starting an unrelated version
+        (True: it does; a checkpoint outside a ``version_N/checkpoints/`` starts a new run)."""
         logger = self.config.trainer.logger
         log_root = _log_root(logger)
         path = checkpoints.resolve(self.config.ckpt_path, log_root or "lightning_logs", SAVE_DIR_OPTION)
@@ -193,7 +195,12 @@ class FashionCLI(LightningCLI):
         step = self.start_step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
         run = runs.run_dir_of(path)
-        if log_root is not None and run.parent.resolve() == log_root.resolve() and runs.RUN_DIR.fullmatch(run.name):
+        if log_root is not None and path.parent.name == "checkpoints" and runs.RUN_DIR.fullmatch(run.name):
+            # the checkpoint's own run, wherever it lies: a run copied or moved elsewhere (whose config.yaml still
+            # names the old place) continues there, not in a new run beside the original
+            if run.parent.resolve() != log_root.resolve():
+                check_writable(run, SAVE_DIR_OPTION)
+                logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
             logger.init_args.version = int(run.name.removeprefix("version_"))
             # What the interrupted run logged after its checkpoint is logged again on resuming: purge_step hides
             # those first copies in TensorBoard, so every step and epoch appears once.
@@ -211,7 +218,7 @@ class FashionCLI(LightningCLI):
         if trainer.get("enable_progress_bar") is False:  # so that flag also switches off the configured bar
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if trainer.get("enable_checkpointing") is not False:
-            callbacks.append(self._best_checkpoint())
+            callbacks.extend(self._checkpoints())
         callbacks.extend(self.extra_callbacks)
         if trainer.get("logger") is False:  # no run directory: do not write config.yaml into the working directory
             self.save_config_callback = None
@@ -222,15 +229,18 @@ class FashionCLI(LightningCLI):
         except ValueError as err:  # Lightning's word for a strategy or accelerator name it does not know
             raise ConfigError(str(err)) from None
 
-    def _best_checkpoint(self) -> ModelCheckpoint:
-        """Keep the last epoch, and with a validation split also the epoch with the best validation accuracy.
-        Without one there is no "best": choosing an epoch by its test accuracy would report an optimistic figure."""
+    def _checkpoints(self) -> list[ModelCheckpoint]:
+        """last.ckpt after every epoch (what a stopped run resumes from), and with a validation split, first (it is
+        ``trainer.checkpoint_callback``), the epoch with the best validation accuracy. Without one there is no "best":
+        choosing an epoch by its test accuracy would report an optimistic figure."""
+        # Its own callback: Lightning writes save_last's copy only in a step that saved a top-k checkpoint, so a
+        # monitored callback's last.ckpt would stay at the best epoch, and a stopped run would lose the epochs since.
+        last = RunCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
         if not self.datamodule.hparams.val_size:
-            # The newest epoch as the one kept checkpoint, named last.ckpt: Lightning writes save_last's copy only
-            # in a step that saved a top-k checkpoint, so save_top_k=0 would leave no checkpoint until the end.
-            return ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
-        return ModelCheckpoint(monitor="val/acc", mode="max", save_last=True,
-                               filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}", auto_insert_metric_name=False)
+            return [last]
+        best = RunCheckpoint(monitor="val/acc", mode="max", filename="best-epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                             auto_insert_metric_name=False, enable_version_counter=False)
+        return [best, last]
 
 
 def check_values(config: Namespace) -> None:
@@ -393,25 +403,25 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
         if trainer.interrupted:  # Ctrl-C, where Lightning returns after its graceful shutdown
-            return _interrupted(trainer, start, how_to_continue)
+            return _stopped(cli, INTERRUPTED, start, how_to_continue)
         checkpoint = trainer.checkpoint_callback  # no best one (no validation split, or no epoch evaluated): last epoch
-        best = "best" if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_path else None
+        # its path, not "best": Lightning warns about "best" whenever there are two checkpoint callbacks
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else None
         if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
             trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     except SIGTERMException:
         # Lightning stops at the next step and exits 0 by default; a scheduler must not take that as done.
-        print(f"{PROG}: stopped by SIGTERM; {_where_to_resume(trainer, how_to_continue)}", file=sys.stderr)
-        return _result(TERMINATED, trainer, start)
+        return _stopped(cli, TERMINATED, start, how_to_continue)
     except OSError as err:  # (an except clause below does not see what this one raises: each cleans up)
-        cli.clean_up_after_failure(trainer)
+        cli.clean_up_after_stop(trainer)
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DiskFull(f"no space left on the device while writing {err.filename or 'the run'}; free some space, "
-                       f"then {_where_to_resume(trainer, how_to_continue)}") from None
+                       f"then {_where_to_resume(trainer, how_to_continue, cli.config.ckpt_path)}") from None
     except BaseException as err:
         if isinstance(err, SystemExit) and trainer.interrupted:  # Ctrl-C: Lightning 2.6 ends its shutdown with exit(1)
-            return _interrupted(trainer, start, how_to_continue)
-        cli.clean_up_after_failure(trainer)
+            return _stopped(cli, INTERRUPTED, start, how_to_continue)
+        cli.clean_up_after_stop(trainer)
         raise
     return _result(0, trainer, start)
 
@@ -435,18 +445,24 @@ def _result(status: int, trainer: L.Trainer, start: float) -> FitResult:
     return FitResult(status, Path(log_dir).absolute() if log_dir else None, metrics, time.perf_counter() - start)
 
 
-def _interrupted(trainer: L.Trainer, start: float, how_to_continue: str | None) -> FitResult:
-    """Ctrl-C: status 130 (not Lightning's 1, which reads as bad input) and how to continue, in one line."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after the first one
-    print(f"{PROG}: interrupted; {_where_to_resume(trainer, how_to_continue)}", file=sys.stderr)
-    return _result(INTERRUPTED, trainer, start)
+def _stopped(cli: FashionCLI, status: int, start: float, how_to_continue: str | None) -> FitResult:
+    """Ctrl-C (status 130, not Lightning's 1, which reads as bad input) or SIGTERM (143, not Lightning's 0, which a
+    scheduler would take for done): how to continue, in one line. A run stopped before it trained a step leaves
+    nothing behind, as a failed one."""
+    if status == INTERRUPTED:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after the first one
+    cli.clean_up_after_stop(cli.trainer)
+    what = "interrupted" if status == INTERRUPTED else "stopped by SIGTERM"
+    print(f"{PROG}: {what}; {_where_to_resume(cli.trainer, how_to_continue, cli.config.ckpt_path)}", file=sys.stderr)
+    return _result(status, cli.trainer, start)
 
 
-def _where_to_resume(trainer, how_to_continue: str | None = None) -> str:
-    """How to continue a stopped run: from its last complete checkpoint (``how_to_continue``, or fit's way), or from
-    the start if it has none."""
-    checkpoint = trainer.checkpoint_callback
-    path = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)  # last.ckpt, either way
+def _where_to_resume(trainer: L.Trainer, how_to_continue: str | None = None, resumed: str | None = None) -> str:
+    """How to continue a stopped run: from its last complete checkpoint (``how_to_continue``, or fit's way; before
+    this process saved one, the checkpoint it ``resumed`` from), or from the start if it has none."""
+    saved = [c.best_model_path for c in trainer.checkpoint_callbacks
+             if isinstance(c, ModelCheckpoint) and not c.monitor]  # last.ckpt: the unmonitored callback's one file
+    path = next((p for p in saved if p), resumed)
     last = Path(path) if path else None
     if last is None or not last.is_file():
         return "it had saved no checkpoint yet: start it again"

@@ -167,19 +167,48 @@ def test_resuming_a_one_cycle_run_for_longer_is_one_line_and_keeps_the_run(tmp_p
     assert sorted(p.name for p in run.iterdir()) == files and scalars(run) == logged
 
 
-def test_resuming_a_copied_run_never_logs_into_another_run(trained_run, tmp_path, monkeypatch, capsys):
+def test_a_copied_run_resumes_in_the_copy_and_never_logs_into_another_run(trained_run, tmp_path, monkeypatch,
+                                                                           capsys):
     elsewhere = tmp_path / "elsewhere" / "version_0"
     shutil.copytree(trained_run, elsewhere)
-    config = elsewhere / "config.yaml"  # as configs were saved before they recorded version null
+    config = elsewhere / "config.yaml"  # names the original's save_dir, and a version as configs once did
     config.write_text(config.read_text().replace("version: null", "version: 0"))
-    local = tmp_path / "lightning_logs" / "version_0"  # another run, where that version number points here
+    local = tmp_path / "lightning_logs" / "version_0"  # another run, where that save_dir and version point
     shutil.copytree(trained_run, local)
-    before = tree_digest(tmp_path)
+    before = tree_digest(tmp_path / "lightning_logs")
     monkeypatch.chdir(tmp_path)
-    assert fit_command.main(["--config", str(config), "--ckpt_path", str(elsewhere / "checkpoints" / "last.ckpt")]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "lightning_logs/version_0 already holds a run" in err
-    assert tree_digest(tmp_path) == before
+    # the command a refused resume advises: the run's own config.yaml and checkpoint
+    ckpt = elsewhere / "checkpoints" / "last.ckpt"
+    assert fit_command.main(["--config", str(config), "--ckpt_path", str(ckpt), "--trainer.max_epochs",
+                             str(TRAINED_EPOCHS + 1)]) == 0
+    assert tree_digest(tmp_path / "lightning_logs") == before  # nothing written beside or into the other run
+    assert len(scalars(elsewhere)["test/acc"]) == TRAINED_EPOCHS + 1  # the copy went on by one epoch
+    assert torch.load(ckpt, weights_only=True)["epoch"] == TRAINED_EPOCHS
+
+
+def test_with_a_validation_split_last_ckpt_is_the_last_epoch_not_the_best(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a learning rate too small to change any prediction: validation accuracy never improves after epoch 1
+    assert fit_command.main([*SMALL, "--data.val_size", "128", "--trainer.max_epochs", "3", "--model.lr", "1e-9"]) == 0
+    ckpts = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert len(names) == 2 and names[0].startswith("best-epoch00-") and names[1] == "last.ckpt", names
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2  # a stop would lose no epoch
+
+
+def test_a_moved_run_keeps_its_best_checkpoint_when_resumed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*SMALL, "--data.val_size", "128", "--model.lr", "1e-9"]  # validation accuracy stays put: epoch 1 is best
+    assert fit_command.main([*args, "--trainer.max_epochs", "2"]) == 0
+    shutil.move(tmp_path / "lightning_logs", tmp_path / "moved")
+    run = tmp_path / "moved" / "version_0"
+    assert fit_command.main([*args, "--trainer.max_epochs", "4", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name",
+                             "moved"]) == 0
+    # Lightning forgets a moved run's best score: the first epoch after the resume would have become the "best"
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert len(names) == 2 and names[0].startswith("best-epoch00-") and names[1] == "last.ckpt", names
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 class _Fails(L.Callback):
@@ -210,6 +239,31 @@ def test_a_resume_that_fails_before_a_step_leaves_its_run_as_it_was(trained_run,
         assert len(added) == 1 and added[0].startswith("lightning_logs/version_0/events.out.tfevents")
     else:
         assert tree_digest(tmp_path) == before
+
+
+class _CtrlC(L.Callback):
+    """Ctrl-C as training starts, before its first step (e.g. while a resumed run restores its state)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_the_first_step_says_where_to_resume_and_leaves_nothing(trained_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    run = tmp_path / "lightning_logs" / "version_0"
+    shutil.copytree(trained_run, run)
+    before = tree_digest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = fit_command.train(["--config", str(run / "config.yaml"), "--ckpt_path", "last",
+                                "--trainer.max_epochs", str(TRAINED_EPOCHS + 1)], callbacks=[_CtrlC()])
+    err = capsys.readouterr().err
+    assert result.status == 130 and tree_digest(tmp_path) == before  # the run's files as they were
+    # not "start it again": the checkpoint it resumed from is still the place to go on from
+    last = Path("lightning_logs", "version_0", "checkpoints", "last.ckpt")  # as --ckpt_path last resolved it
+    assert f"interrupted; {last} (end of epoch {TRAINED_EPOCHS}) is intact" in err
+    result = fit_command.train([*SMALL], callbacks=[_CtrlC()])  # a new run: its directory goes again
+    assert result.status == 130 and "it had saved no checkpoint yet: start it again" in capsys.readouterr().err
+    assert tree_digest(tmp_path) == before
 
 
 def test_resuming_on_a_copy_of_another_size_is_one_line_and_changes_nothing(trained_run, tmp_path, monkeypatch,
