@@ -406,7 +406,7 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
             return _stopped(cli, INTERRUPTED, start, how_to_continue)
         checkpoint = trainer.checkpoint_callback  # no best one (no validation split, or no epoch evaluated): last epoch
         # its path, not "best": Lightning warns about "best" whenever there are two checkpoint callbacks
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else None
+        best = (checkpoint.best_model_path or None) if checkpoint is not None and checkpoint.monitor else None
         if cli.datamodule.hparams.test:  # data.test=false (model selection): the test set is never read
             trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     except SIGTERMException:
