@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -402,12 +403,23 @@ def _spawn_workers(args, argv: list[str]) -> int:
         base = argv[:i] + argv[i + 2:]
     procs = [subprocess.Popen([sys.executable, "-m", "fashion_cnn.study", *base, "--worker"], env=env)
              for _ in range(args.workers)]
+
+    def forward(signum: int, frame: object) -> None:
+        # SIGTERM sent to this process alone (a container's PID 1, `kill <pid>`) would leave the workers training
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return max(proc.wait() for proc in procs)
+        statuses = [proc.wait() for proc in procs]  # each stops its trial, saying how to go on
+        return max(128 - status if status < 0 else status for status in statuses)  # killed by signal N: 128 + N
     except KeyboardInterrupt:
         for proc in procs:
             proc.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,20 @@ def test_a_study_stopped_mid_trial_says_so_in_one_line_and_resumes_it(tmp_path, 
     assert len(scalars(study_dir / "lightning_logs" / "version_0")["test/acc"]) == 12  # each epoch logged once
 
 
+def test_sigterm_to_a_study_alone_stops_its_workers_too(tmp_path):
+    # as a container's PID 1 gets it, or `kill <pid>`: the workers would otherwise train on in the background
+    path = write_study(tmp_path / "term.yaml", base="seed", repeat={"seeds": [0, 1]},
+                       overrides={"trainer.max_epochs": 12})
+    study_dir = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "fashion_cnn.study", str(path), "--dir", str(study_dir),
+                             "--workers", "2"], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = "".join(signal_in_epoch_3(proc, signal.SIGTERM))
+    assert proc.returncode == 143 and "Traceback" not in output, output[-3000:]
+    assert output.count("python -m fashion_cnn.study: stopped; run the same command again") >= 1, output[-3000:]
+    assert not [t for t in trials(study_dir, "term") if t.state == optuna.trial.TrialState.COMPLETE]
+
+
 def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsys):
     path = write_study(tmp_path / "prune.yaml", overrides={"trainer.max_epochs": 3}, search={
         "trials": 4, "val_size": 100, "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
