@@ -43,6 +43,8 @@ class Loaded:
     net: nn.Module
     datamodule: FashionMNISTDataModule  # not set up: its hparams (mean, std, data_dir, ...) and normalize()
     train_images: int | None = None  # the training set's size when it trained (None: a checkpoint from before)
+    epoch: int | None = None  # the epoch it was saved at the end of (1-based), and the training step: which weights
+    global_step: int | None = None  # these are, in a run that has gone on since
 
     @property
     def run_dir(self) -> Path:
@@ -194,7 +196,9 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
                               f"it") from None
     state = checkpoint.get(FashionMNISTDataModule.__qualname__)  # the data module's state_dict (None: older runs)
     train_images = state.get("train_images") if isinstance(state, dict) else None
-    return Loaded(path=path, net=net.eval(), datamodule=datamodule, train_images=train_images)
+    epoch = checkpoint.get("epoch")
+    return Loaded(path=path, net=net.eval(), datamodule=datamodule, train_images=train_images,
+                  epoch=epoch + 1 if isinstance(epoch, int) else None, global_step=checkpoint.get("global_step"))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -65,6 +65,8 @@ def metrics(loaded: Loaded, preds: Predictions, data_dir: Path, split: str = "te
     scores = per_class_scores(cm)
     return {
         "checkpoint": str(loaded.path),
+        "checkpoint_epoch": loaded.epoch,  # which weights: the run may have gone on since
+        "checkpoint_step": loaded.global_step,
         "data_dir": str(data_dir),
         "split": split,
         "mirror": loaded.mirrored,

@@ -87,6 +87,8 @@ def sidecar(loaded: Loaded, files: list[Path]) -> dict:
     """How to feed the exported network: what a server needs besides the weights."""
     return {
         "checkpoint": str(loaded.path),
+        "checkpoint_epoch": loaded.epoch,  # which weights: the run may have gone on since
+        "checkpoint_step": loaded.global_step,
         "files": [f.name for f in files],
         "input": {"name": "images", "shape": ["batch", *INPUT_SHAPE], "dtype": "float32",
                   "normalise": "x = (uint8_pixels / 255 - mean) / std; light object on black, like FashionMNIST"},

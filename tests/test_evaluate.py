@@ -11,7 +11,7 @@ from PIL import Image
 
 from fashion_cnn import evaluate
 from fashion_cnn.data_files import CLASSES
-from tests.helpers import FIXTURE, best_checkpoint, fixture_cut, scalars
+from tests.helpers import FIXTURE, TRAINED_EPOCHS, best_checkpoint, fixture_cut, scalars
 
 
 def test_best_checkpoint_gives_the_runs_final_test_numbers(trained_run, tmp_path, capsys):
@@ -21,6 +21,8 @@ def test_best_checkpoint_gives_the_runs_final_test_numbers(trained_run, tmp_path
     assert result["test_acc"] == pytest.approx(logged["final/test_acc"][0], abs=1e-6)
     assert result["test_loss"] == pytest.approx(logged["final/test_loss"][0], abs=1e-6)
     assert result["num_images"] == 256 and list(result["per_class"]) == list(CLASSES)
+    # which weights: the run's last epoch, 512 images in batches of 64 a step
+    assert (result["checkpoint_epoch"], result["checkpoint_step"]) == (TRAINED_EPOCHS, TRAINED_EPOCHS * 512 // 64)
     assert sum(map(sum, result["confusion_matrix"])) == 256
     out = capsys.readouterr().out
     assert f"test accuracy: {100 * result['test_acc']:.2f}%" in out and f"{result['test_loss']:.4f}" in out

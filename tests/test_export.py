@@ -13,7 +13,7 @@ from fashion_cnn import export
 from fashion_cnn.checkpoints import load
 from fashion_cnn.commands import CommandError
 from fashion_cnn.data_files import CLASSES, MEAN, STD, load_split
-from tests.helpers import FIXTURE, best_checkpoint, tree_digest
+from tests.helpers import FIXTURE, TRAINED_EPOCHS, best_checkpoint, tree_digest
 
 BATCHES = (1, 7)
 
@@ -44,6 +44,7 @@ def test_torchscript_matches_pytorch(trained_run, inputs_and_logits, tmp_path):
     meta = json.loads((tmp_path / f"{stem}.json").read_text())
     assert meta["classes"] == list(CLASSES) and (meta["mean"], meta["std"]) == (MEAN, STD)
     assert meta["files"] == [f"{stem}.torchscript.pt"] and not (tmp_path / f"{stem}.onnx").exists()
+    assert (meta["checkpoint_epoch"], meta["checkpoint_step"]) == (TRAINED_EPOCHS, TRAINED_EPOCHS * 512 // 64)
 
 
 def test_onnx_matches_pytorch(trained_run, inputs_and_logits, tmp_path):
