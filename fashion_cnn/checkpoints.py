@@ -213,6 +213,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.partial-*"):  # left by a process killed mid-save (kill -9)
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _running(int(pid)):
+                stale.unlink(missing_ok=True)
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         try:
             # Serialised in memory first (a few MB here): torch.save writing to the file itself reports a full disk
@@ -248,3 +252,14 @@ class RunCheckpoint(ModelCheckpoint):
                                                                     "last_model_path")},
                           "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
         super().load_state_dict(state_dict)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one that may not be signalled runs too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -150,6 +152,19 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no partial file left behind
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
+def test_a_save_clears_what_a_process_killed_mid_save_left_and_nothing_of_a_running_one(tmp_path):
+    from fashion_cnn.checkpoints import AtomicCheckpointIO
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a pid no process has any more
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / f".last.ckpt.partial-{gone}").write_bytes(b"half a checkpoint")  # its save was killed (kill -9)
+    (checkpoints / f".last.ckpt.partial-{os.getppid()}").write_bytes(b"being written")  # a process still at it
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, checkpoints / "last.ckpt")
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f".last.ckpt.partial-{os.getppid()}", "last.ckpt"]
 
 
 def test_resuming_training_from_a_hostile_checkpoint_runs_nothing(tmp_path, capsys, monkeypatch):
