@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -384,11 +385,24 @@ def train(argv: list[str] | None = None, callbacks: Sequence[L.Callback] = (), h
     # and data: in a copied context, all of that is dropped when the run returns. Lightning's objects refer to
     # each other in cycles, so collect them at once: the memory then goes back before the interpreter's shutdown,
     # which is when a process that imported torch reaches its peak RSS (docs/performance.md).
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if in_main_thread else None
     try:
         return contextvars.copy_context().run(partial(_fit_and_test, argv, tuple(callbacks), how_to_continue,
                                                       parser_class))
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         gc.collect()
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM while Lightning's own handler is not in place (parsing the config, loading the data, restoring a
+    checkpoint): the run stops the way Lightning's stops it, with its one line and status 143, instead of dying
+    silently. While Lightning trains it calls this after its own handler, and this leaves the stop to Lightning
+    (at the end of the step)."""
+    if signal.getsignal(signal.SIGTERM) is _stop_on_sigterm:
+        raise SIGTERMException
 
 
 def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = (), how_to_continue: str | None = None,
@@ -399,6 +413,9 @@ def _fit_and_test(argv: list[str] | None, callbacks: tuple[L.Callback, ...] = ()
         cli = make_cli(argv, parser_class=parser_class, extra_callbacks=callbacks)
     except MisconfigurationException as err:  # Lightning's word for a Trainer setting that cannot work here
         raise ConfigError(str(err)) from None
+    except SIGTERMException:  # before there is a trainer (a new run's directory is already released)
+        print(f"{PROG}: stopped by SIGTERM before training began: start it again", file=sys.stderr)
+        return FitResult(TERMINATED, None, {}, time.perf_counter() - start)
     trainer = cli.trainer
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)

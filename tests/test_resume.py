@@ -266,6 +266,23 @@ def test_ctrl_c_before_the_first_step_says_where_to_resume_and_leaves_nothing(tr
     assert tree_digest(tmp_path) == before
 
 
+class _SigtermInSetup(L.Callback):
+    """SIGTERM while the run sets up (loading the data), before Lightning has put its own handler in place."""
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_before_lightning_handles_it_stops_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+    result = fit_command.train([*SMALL], callbacks=[_SigtermInSetup()])  # the process would die silently (-15)
+    assert result.status == 143 and not (tmp_path / "lightning_logs").exists()
+    assert capsys.readouterr().err.endswith("python -m fashion_cnn.fit: stopped by SIGTERM; it had saved no checkpoint "
+                                            "yet: start it again\n")
+    assert signal.getsignal(signal.SIGTERM) is handler  # the process's own handler given back
+
+
 def test_resuming_on_a_copy_of_another_size_is_one_line_and_changes_nothing(trained_run, tmp_path, monkeypatch,
                                                                            capsys):
     run = tmp_path / "lightning_logs" / "version_0"
