@@ -196,13 +196,13 @@ class FashionCLI(LightningCLI):
         step = self.start_step = checkpoint["global_step"]
         self.config.ckpt_path = str(path)
         run = runs.run_dir_of(path)
-        if log_root is not None and path.parent.name == "checkpoints" and runs.RUN_DIR.fullmatch(run.name):
+        if log_root is not None and path.parent.name == "checkpoints" and (found := runs.RUN_DIR.fullmatch(run.name)):
             # the checkpoint's own run, wherever it lies: a run copied or moved elsewhere (whose config.yaml still
             # names the old place) continues there, not in a new run beside the original
             if run.parent.resolve() != log_root.resolve():
                 check_writable(run, SAVE_DIR_OPTION)
                 logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
-            logger.init_args.version = int(run.name.removeprefix("version_"))
+            logger.init_args.version = int(found.group(1))
             # What the interrupted run logged after its checkpoint is logged again on resuming: purge_step hides
             # those first copies in TensorBoard, so every step and epoch appears once.
             logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
