@@ -27,7 +27,7 @@ import yaml
 
 from fashion_cnn.checkpoints import build_net
 from fashion_cnn.commands import positive
-from fashion_cnn.fit import CONFIG_DIR, precision_for_this_cpu
+from fashion_cnn.config import CONFIG_DIR, precision_for_this_cpu
 from fashion_cnn.study_file import fit_values, with_overrides
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     values = config_values(args.config)
     net, trainer = values["model"]["net"], values.get("trainer", {})
-    # what fit would train in here: bfloat16 only where this CPU has it (fit.precision_for_this_cpu)
+    # what fit would train in here: bfloat16 only where this CPU has it (config.precision_for_this_cpu)
     precision = precision_for_this_cpu(trainer.get("precision", "32-true"), "cpu")
     bf16 = precision == "bf16-mixed"
     variants: dict[str, tuple[dict, bool, bool]] = {"config": (net, bf16, False)}

@@ -42,7 +42,7 @@ class Loaded:
     path: Path
     net: nn.Module
     datamodule: FashionMNISTDataModule  # not set up: its hparams (mean, std, data_dir, ...) and normalize()
-    train_images: int | None = None  # the training set's size when it trained (None: a checkpoint from before)
+    train_images: int | None = None  # the training set's size when it trained (None: not recorded)
     epoch: int | None = None  # the epoch it was saved at the end of (1-based), and the training step: which weights
     global_step: int | None = None  # these are, in a run that has gone on since
 
@@ -184,8 +184,6 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         if hparams.get("channels_last"):  # the memory format FashionClassifier trained and tested it in
             net = net.to(memory_format=torch.channels_last)
         data_hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-        if not data_hparams.get("augment"):  # training-only options that did nothing (runs from before they were
-            data_hparams = {k: v for k, v in data_hparams.items() if k not in ("erase", "flip")}  # refused)
         datamodule = FashionMNISTDataModule(**data_hparams)
         mirror, shift = bool(hparams.get("eval_mirror")), int(hparams.get("final_shift") or 0)
         if mirror or shift:  # averaged over the views the run's final test averaged over
@@ -194,7 +192,7 @@ def load(ckpt_path: str | Path, logs_dir: str | Path = "lightning_logs") -> Load
         raise CheckpointError(f"{path}: cannot rebuild {net_name(hparams.get('net'))} from it ({first_line(err)}); "
                               f"it may come from another version of fashion_cnn: use the code version that wrote "
                               f"it") from None
-    state = checkpoint.get(FashionMNISTDataModule.__qualname__)  # the data module's state_dict (None: older runs)
+    state = checkpoint.get(FashionMNISTDataModule.__qualname__)  # the data module's state_dict
     train_images = state.get("train_images") if isinstance(state, dict) else None
     epoch = checkpoint.get("epoch")
     return Loaded(path=path, net=net.eval(), datamodule=datamodule, train_images=train_images,

@@ -13,25 +13,22 @@ search's metric against each searched parameter, or the spread of each repeated 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
 from matplotlib.figure import Figure
+from optuna.storages import BaseStorage
 
-from fashion_cnn import commands, figures, nets
+from fashion_cnn import commands, figures
 from fashion_cnn.callbacks import flatten
-from fashion_cnn.datamodule import FashionMNISTDataModule
-from fashion_cnn.module import FashionClassifier
 from fashion_cnn.runs import RUN_DIR, run_config, run_scalars, study_run_dir
-
-if TYPE_CHECKING:
-    from optuna.storages import BaseStorage
+from fashion_cnn.storage import open_storage
 
 PROG = "python -m fashion_cnn.compare"
 SEED_KEYS = {"seed_everything", "data.seed"}
@@ -54,24 +51,6 @@ class Run:
     complete: bool = True
 
 
-def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's flat config with the model and data options added since it was made, at their defaults (which keep
-    the behaviour from before the option existed), so that the runs it is compared with do not differ by them."""
-    if config:
-        classes = [("model.", FashionClassifier), ("data.", FashionMNISTDataModule)]
-        net = config.get("model.net.class_path")
-        if isinstance(net, str) and net.startswith("fashion_cnn.nets."):  # the network's own options too
-            found = getattr(nets, net.rsplit(".", 1)[1], None)
-            classes += [("model.net.init_args.", found)] if inspect.isclass(found) else []
-        for prefix, cls in classes:
-            for name, param in inspect.signature(cls).parameters.items():
-                if param.default not in (None, inspect.Parameter.empty):  # written as a config.yaml would have it
-                    default = list(param.default) if isinstance(param.default, tuple) else param.default
-                    for key, value in flatten({name: default}, prefix).items():
-                        config.setdefault(key, value)
-    return config
-
-
 def callback_keys(callbacks: Any) -> dict[str, str]:
     """A config's callbacks as one key each, ``trainer.callbacks.<Class>``: its arguments, so that runs which differ
     by a callback (an EMA, say) differ by that key alone."""
@@ -85,14 +64,14 @@ def callback_keys(callbacks: Any) -> dict[str, str]:
 
 
 def read_run(path: Path, complete: bool | None = None) -> Run:
-    """A run directory's config (flat, with the options added since at their defaults), final test accuracy, best
-    validation accuracy and wall time, from its config.yaml and TensorBoard events. ``complete``: whether it
-    finished (None: it did if it has its final test, or never reads the test set: a model-selection run)."""
+    """A run directory's config (flat), final test accuracy, best validation accuracy and wall time, from its
+    config.yaml and TensorBoard events. ``complete``: whether it finished (None: it did if it has its final test,
+    or never reads the test set: a model-selection run)."""
     if not path.is_dir():
         raise commands.CommandError(f"{path}: no such run directory (moved or deleted?); name the runs that exist")
     raw = run_config(path)
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
-    config = with_defaults(flatten(raw)) | callback_keys(callbacks)
+    config = flatten(raw) | callback_keys(callbacks)
     logged = run_scalars(path)
     test = logged["final/test_acc"][-1].value if "final/test_acc" in logged else None
     val = max(e.value for e in logged["val/acc"]) if "val/acc" in logged else None
@@ -108,10 +87,6 @@ def collect(target: Path, storage: str | BaseStorage | None = None, study_name: 
     ``storage``: the study's Optuna storage, opened or as a URL (``journal:PATH`` too), when not its study.db."""
     db = target / "study.db"
     if (storage or db.is_file()) and not RUN_DIR.fullmatch(target.name):
-        import optuna  # only for studies: plain runs are compared without it
-
-        from fashion_cnn.study import open_storage  # here: study imports this module
-
         if storage is None or isinstance(storage, str):
             storage = open_storage(storage or f"sqlite:///{db}")
         names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(storage)]

@@ -24,8 +24,8 @@ Momentum = restricted_number_type("Momentum", float, [(">=", 0), ("<", 1)], join
 
 
 def parameter_group_count(bn_bias_lr_scale: float) -> int:
-    """The optimizer's parameter groups under ``bn_bias_lr_scale``: one at 1, as before the option existed (so
-    checkpoints keep the optimizer state they always had), two otherwise (the BatchNorm biases apart)."""
+    """The optimizer's parameter groups under ``bn_bias_lr_scale``: one at 1 (plain SGD over all parameters), two
+    otherwise (the BatchNorm biases apart, at their own learning rate)."""
     return 1 if bn_bias_lr_scale == 1 else 2
 
 
@@ -212,10 +212,9 @@ class FashionClassifier(L.LightningModule):
         # rounded so that 0.9 gives exactly those defaults, with which the shipped recipes' figures were measured
         spread = min(hp.momentum, 1 - hp.momentum) / 2
         total = self.trainer.estimated_stepping_batches
-        # Resumed with another length, torch would fail with a traceback once past the old end. fit compares the run's
-        # config.yaml before anything is written (resume.check_same_length); this covers the rest (no
-        # config.yaml, another dataset size or device count). Not in on_load_checkpoint: counting the steps there
-        # sets up the training data before the loop's state is restored, and the resumed run is no longer exact.
+        # Resumed for another number of steps, torch would fail with a traceback once past the old end. Checked here,
+        # not in on_load_checkpoint: counting the steps there sets up the training data before the loop's state is
+        # restored, and the resumed run would no longer be exact.
         if self.planned_steps is not None and self.planned_steps != total:
             raise FashionCNNError(f"this run's one-cycle schedule was laid out over {self.planned_steps} steps and "
                                   f"this config trains {total}: resume it with the run's own trainer.max_epochs (or "

@@ -1,14 +1,79 @@
-"""Whether a checkpoint can be resumed with a config: the checks fit runs before Lightning touches the run, so that
-a mismatch is one line that says how to resume instead of a failure deep inside Lightning or torch (or, worse, a run
-that goes on silently with another recipe)."""
+"""Continuing a run from a checkpoint: whether the config may (checked before Lightning touches the run, so that a
+mismatch is one line that says how to resume instead of a failure deep inside Lightning or torch, or a run that goes
+on silently with another recipe), which run it continues and where its logs go, and how a stopped run goes on.
+
+Two checks need what only Lightning's restore knows, and run there: the training set's size
+(:meth:`~fashion_cnn.datamodule.FashionMNISTDataModule.load_state_dict`) and a one-cycle schedule's length
+(:meth:`~fashion_cnn.module.FashionClassifier.configure_optimizers`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from jsonargparse import Namespace
+
+from fashion_cnn import checkpoints
 from fashion_cnn.checkpoints import CheckpointError, build_net, net_name
+from fashion_cnn.commands import check_writable
+from fashion_cnn.config import SAVE_DIR_OPTION
 from fashion_cnn.module import parameter_group_count
-from fashion_cnn.runs import run_config, run_dir_of
+from fashion_cnn.runs import RUN_DIR, run_dir_of
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run continues: the checkpoint, its global step, and the ``version_N`` run it belongs to, wherever
+    that lies (None: a checkpoint outside a run's ``checkpoints/``, which starts a new run)."""
+
+    checkpoint: Path
+    step: int
+    run: Path | None
+
+
+def plan(config: Namespace, log_root: Path | None) -> Resume:
+    """Check the checkpoint a fit config's ``ckpt_path`` names (``best``/``last`` of the newest run under
+    ``log_root``, or a path) against the config, reading it as weights only (a pickle that would run code is
+    refused), and say where the run continues; ``ckpt_path`` becomes the checkpoint's path."""
+    path = checkpoints.resolve(config.ckpt_path, log_root or "lightning_logs", SAVE_DIR_OPTION)
+    checkpoint = checkpoints.read(path)
+    net = config.model.net
+    check_same_network(checkpoint, path, net.as_dict() if net is not None else None)
+    check_same_optimizer(checkpoint, path, config.model.bn_bias_lr_scale)
+    check_same_recipe(checkpoint, path, config.model.as_dict(), config.data.as_dict())
+    config.ckpt_path, run = str(path), run_dir_of(path)
+    in_a_run = log_root is not None and path.parent.name == "checkpoints" and RUN_DIR.fullmatch(run.name)
+    return Resume(path, checkpoint["global_step"], run if in_a_run else None)
+
+
+def log_into_its_run(logger: Namespace, log_root: Path, resume: Resume) -> None:
+    """Point a TensorBoard logger's config at the run ``resume`` continues, wherever it lies: a run copied or moved
+    elsewhere (whose config.yaml still names the old place) continues there, not in a new run beside the original."""
+    run = resume.run
+    if run.parent.resolve() != log_root.resolve():
+        check_writable(run, SAVE_DIR_OPTION)
+        logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
+    logger.init_args.version = int(RUN_DIR.fullmatch(run.name).group(1))
+    # The interrupted run logged steps after its checkpoint that the resumed one logs again: purge_step hides the
+    # first copies in TensorBoard, so every step and epoch appears once.
+    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": resume.step}
+
+
+def how_to_continue(last: Path | None, how: str | None = None) -> str:
+    """How a stopped run goes on: from ``last``, its last complete checkpoint (``how``: the caller's way, else fit's
+    ``--ckpt_path last``), or from the start when it has none."""
+    if last is None or not last.is_file():
+        return "it had saved no checkpoint yet: start it again"
+    epoch = checkpoints.read(last)["epoch"] + 1
+    how = how or f"continue with the same command and --ckpt_path last (or --ckpt_path {last})"
+    return f"{last} (end of epoch {epoch}) is intact: {how}"
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """A run's ``last.ckpt``, where a stopped or killed run continues from (None: it saved none)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
 
 
 def check_same_network(checkpoint: dict, path: Path, net_config: dict | None) -> None:
@@ -48,7 +113,7 @@ def check_same_recipe(checkpoint: dict, path: Path, model: dict, data: dict) -> 
     """Raise :class:`CheckpointError` unless the config's model and data options (the network aside:
     :func:`check_same_network`; and :data:`RESUMABLE_CHANGES`) are the checkpoint's: a run resumed with another
     recipe (``--ckpt_path last`` without the run's ``--config fast``, say) would go on silently with this one's
-    learning rate, batch size and schedule. Options the checkpoint predates are not compared."""
+    learning rate, batch size and schedule."""
     differs = [(f"{prefix}.{key}", value, ours[key])
                for prefix, theirs, ours in (("model", checkpoint["hyper_parameters"], model),
                                             ("data", checkpoint["datamodule_hyper_parameters"], data))
@@ -61,21 +126,6 @@ def check_same_recipe(checkpoint: dict, path: Path, model: dict, data: dict) -> 
         more = f" and {len(differs) - 3} more" if len(differs) > 3 else ""
         raise CheckpointError(f"{path} was trained with {trained}{more}, this config has {here}; resume it with "
                               f"{_resume_with(path)}")
-
-
-def check_same_length(path: Path, trainer: dict) -> None:
-    """Raise :class:`CheckpointError` if the config trains for another length than the checkpoint's run (its
-    config.yaml, when there is one; :class:`~fashion_cnn.runs.RunError` when that is damaged), for a one-cycle
-    schedule: laid out over the run's steps, it cannot be extended, and torch would fail with a traceback once past
-    the old end. Checked before the run is touched; Lightning's own setup would already write into it
-    (:meth:`~fashion_cnn.module.FashionClassifier.configure_optimizers` checks the steps themselves there, when
-    there is no config.yaml to go by)."""
-    saved = run_config(run_dir_of(path)).get("trainer") or {}
-    for key in ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches"):
-        if key in saved and saved[key] != trainer.get(key):
-            raise CheckpointError(f"{path} was trained with a one-cycle schedule laid out over trainer.{key}="
-                                  f"{saved[key]}, and this config has {trainer.get(key)}: resume it with the run's "
-                                  f"own trainer.{key} (to train longer, start a new run with the longer schedule)")
 
 
 def _resume_with(path: Path) -> str:

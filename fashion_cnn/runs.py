@@ -1,15 +1,21 @@
-"""Run directories: making a new one (``lightning_logs/version_N``), finding them (the newest, a study's own), and
-reading what each holds (its config.yaml, its TensorBoard scalars). Checkpoint files: :mod:`fashion_cnn.checkpoints`.
+"""Run directories: one run's directory through its life (:class:`RunDirectory`), finding them (the newest, a
+study's own), and reading what each holds (its config.yaml, its TensorBoard scalars). Checkpoint files:
+:mod:`fashion_cnn.checkpoints`.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import lightning as L
 import yaml
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
+from fashion_cnn.commands import missing_dirs, remove_empty
 from fashion_cnn.errors import FashionCNNError, first_line
 
 RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
@@ -40,14 +46,76 @@ def reserve_run_dir(log_root: Path) -> Path:
 
 
 def check_new_version(log_root: Path, version: int | str) -> None:
-    """Refuse a new run in the directory of an existing one (``trainer.logger.init_args.version`` naming it, as a
-    config.yaml saved before runs recorded ``version: null`` does): Lightning would stop after loading the data with
-    a traceback, and with its config.yaml removed would overwrite that run's checkpoints."""
+    """Refuse a new run in the directory of an existing one (``trainer.logger.init_args.version`` naming it):
+    Lightning would stop after loading the data with a traceback, and with its config.yaml removed would overwrite
+    that run's checkpoints."""
     run_dir = log_root / (f"version_{version}" if isinstance(version, int) else str(version))
     if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
         raise RunError(f"{run_dir} already holds a run, and trainer.logger.init_args.version={version} would "
                        f"start a new one there: set it to null for a new run directory (or resume that run "
                        f"with --ckpt_path {run_dir / 'checkpoints' / 'last.ckpt'})")
+
+
+class RunDirectory:
+    """One process's run directory from the run's start to its end: a new ``version_N`` it reserved
+    (:meth:`reserve`), or the run a checkpoint continues (:meth:`take_over`). Used as a ``with`` block around the
+    run: a run that trained a step keeps everything it wrote; one that stopped or failed before (bad data, a full
+    disk, Ctrl-C while loading) leaves no trace, so report and compare never take it for a run: a new run's
+    directory goes (with the log directories made for it), a continued run's files are put back as they were."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None  # None until reserved or taken over (and in a DDP rank above 0: it writes none)
+        self.new = False
+        self.start_step = 0  # the global step training starts from: a continued checkpoint's
+        self._made: list[Path] = []  # directories above a new run that it created, deepest first
+        self._before: dict[str, bytes | None] = {}  # a continued run's files: contents of the small ones it rewrites
+        self._trainer: L.Trainer | None = None
+
+    def reserve(self, log_root: Path) -> int:
+        """Reserve the next ``version_N`` under ``log_root`` for a new run; its number."""
+        self._made = missing_dirs(log_root)
+        self.path, self.new = reserve_run_dir(log_root), True
+        return int(self.path.name.removeprefix("version_"))
+
+    def take_over(self, run_dir: Path, step: int) -> None:
+        """Continue the run in ``run_dir`` from the checkpoint of global step ``step``."""
+        self.path, self.start_step = run_dir, step
+        # Lightning's setup opens a new events file and rewrites hparams.yaml before the first step
+        self._before = {p.name: p.read_bytes() if p.suffix == ".yaml" else None
+                        for p in run_dir.iterdir() if p.is_file()}
+
+    def watch(self, trainer: L.Trainer) -> None:
+        """The trainer whose global step, when the block ends, tells whether the run trained."""
+        self._trainer = trainer
+
+    @property
+    def trained(self) -> bool:
+        """Whether the run trained at least one step in this process."""
+        if self._trainer is None:
+            return False
+        # under ddp_spawn/ddp_fork the workers train: this process's step stays where it was whatever they did
+        return (isinstance(self._trainer.strategy.launcher, _MultiProcessingLauncher)
+                or self._trainer.global_step > self.start_step)
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        if self.path is None or self.trained:
+            return
+        if self.new:
+            shutil.rmtree(self.path, ignore_errors=True)
+            remove_empty(self._made)
+            return
+        try:  # while another error propagates, that one is the one to report
+            for path in self.path.iterdir():
+                if path.is_file() and path.name not in self._before:
+                    path.unlink()
+            for name, content in self._before.items():
+                if content is not None and (self.path / name).is_file() and (self.path / name).read_bytes() != content:
+                    (self.path / name).write_bytes(content)
+        except OSError:
+            pass
 
 
 def newest_run(logs_dir: str | Path = "lightning_logs", holding: str = "checkpoints/*.ckpt",

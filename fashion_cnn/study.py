@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,14 @@ import torch
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
 
-from fashion_cnn import commands, fit, study_file
+from fashion_cnn import commands, compare, evaluate, fit, resume, study_file
 from fashion_cnn.checkpoints import load
-from fashion_cnn.errors import FashionCNNError, OptionsError, first_line
+from fashion_cnn.errors import FashionCNNError, OptionsError
 from fashion_cnn.module import TrainingDiverged
 from fashion_cnn.runs import newest, study_run_dir
+from fashion_cnn.storage import open_storage
 
 PROG = "python -m fashion_cnn.study"
 SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
@@ -49,48 +50,6 @@ AGAIN = "run the same study command again, and the trial continues from it"  # h
 
 class StudyError(FashionCNNError):
     """A study that cannot be run or joined as asked."""
-
-
-def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; a problem reaching it is one line, before any work. ``heartbeat``: the
-    seconds between a running trial's heartbeats, for a storage that runs trials (None: one that reads them)."""
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            path = Path(url.removeprefix("journal:"))
-            if not path.parent.is_dir():
-                raise OSError(f"{path.parent} is not a directory (make it first)")
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        sqlite = url.startswith("sqlite")
-        beats = {} if heartbeat is None else {
-            "heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3)}
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **beats)
-        if sqlite:
-            _serialize_sqlite(storage.engine)
-        return storage
-    except Exception as err:
-        raise StudyError(f"cannot reach the storage {url}: {first_line(err)}") from None
-
-
-def _serialize_sqlite(engine) -> None:
-    """Make every SQLite transaction ``BEGIN IMMEDIATE``. Python's sqlite3 driver runs a transaction's reads
-    before its ``BEGIN``, so two processes could both read a waiting trial and both start it (seen here with two
-    workers); with the write lock taken first, the second sees the first's update (SQLAlchemy's documented fix)."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection, connection_record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections made before the listeners: replaced by ones that have them
 
 
 def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -115,17 +74,12 @@ def open_study(spec: study_file.Study, storage: optuna.storages.BaseStorage) -> 
         if known is not None:
             break
         time.sleep(1)
-    if known == spec.legacy_definition():  # created before definitions held the effective config: upgrade it
-        known = spec.definition()
-        study.set_user_attr(DEFINITION, known)
     if known != spec.definition():
         raise StudyError(f"the study name {spec.name} is already used by a study with another config, space or seeds "
                          f"(its runs' config: the base config's values with the overrides put in); give this one "
                          f"another name (name: in {spec.path}) or another --dir/--storage")
     theirs, here = study.user_attrs.get(PRECISION), spec.precision_here()
-    if theirs is None:  # a study from before this was recorded
-        study.set_user_attr(PRECISION, here)
-    elif theirs != here:  # one study's trials must be alike: a machine whose CPU differs would train them otherwise
+    if theirs != here:  # one study's trials must be alike: a machine whose CPU differs would train them otherwise
         raise StudyError(f"the study {spec.name} trains its trials in {theirs}, and this machine would train them in "
                          f"{here} (fit trains bfloat16 only on a GPU or a CPU with AVX512-BF16 or AMX): continue it on "
                          f"a machine like the one it started on, or give this one another name (name: in {spec.path})"
@@ -163,8 +117,6 @@ class RecordRun(L.Callback):
 def objective(spec: study_file.Study, study_dir: Path) -> Callable[[optuna.Trial], float]:
     """Optuna's objective: a trial is one fit run in ``study_dir`` with the trial's parameters (or seed); its value
     is the run's final test accuracy (a repeat) or its validation metric (a search)."""
-    from optuna_integration import PyTorchLightningPruningCallback
-
     def run_trial(trial: optuna.Trial) -> float:
         if _is_spare(spec, trial):
             trial.set_user_attr(SPARE, True)
@@ -230,13 +182,10 @@ def suggest(trial: optuna.Trial, key: str, d: optuna.distributions.BaseDistribut
 
 
 def _last_checkpoint_of_retried(trial: optuna.Trial, study_dir: Path) -> Path | None:
+    """Where a retried trial continues: the last.ckpt of the attempt that died last (None: it saved none)."""
     history = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
-    if not history:
-        return None
-    number = history[-1]  # the attempt that died last: its run directory holds the newest last.ckpt
-    run_dir = trial.study.trials[number].user_attrs.get("run_dir")
-    last = study_run_dir(Path(run_dir), study_dir) / "checkpoints" / "last.ckpt" if run_dir else None
-    return last if last is not None and last.is_file() else None
+    run_dir = trial.study.trials[history[-1]].user_attrs.get("run_dir") if history else None
+    return resume.last_checkpoint(study_run_dir(Path(run_dir), study_dir)) if run_dir else None
 
 
 def _run_again(trial: optuna.Trial) -> None:
@@ -358,8 +307,6 @@ def _run(args, argv: list[str]) -> int:
         if status:
             return status
     if not args.worker:
-        from fashion_cnn import compare
-
         print(compare.report([study_dir], storage=storage, study_name=spec.name), flush=True)
         if spec.is_search:
             print(winner(spec, study, study_dir), flush=True)
@@ -368,8 +315,6 @@ def _run(args, argv: list[str]) -> int:
 
 def winner(spec: study_file.Study, study: optuna.Study, study_dir: Path) -> str:
     """The search's best trial, its test accuracy measured once (then kept in the study), and a repeat file for it."""
-    from fashion_cnn import evaluate
-
     try:
         best = study.best_trial
     except ValueError:

@@ -35,10 +35,9 @@ from typing import Any
 
 import optuna
 import yaml
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from optuna.distributions import CategoricalDistribution
 
-from fashion_cnn import fit
+from fashion_cnn import config, fit
 from fashion_cnn.errors import FashionCNNError, one_line
 
 PRUNERS = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
@@ -95,17 +94,12 @@ class Study:
 
     def precision_here(self) -> str | None:
         """The precision this machine's fit gives the trials (fit trains bfloat16 only where the CPU has it:
-        :func:`fashion_cnn.fit.precision_for_this_cpu`), or None when the search chooses it."""
+        :func:`fashion_cnn.config.precision_for_this_cpu`), or None when the search chooses it."""
         if "trainer.precision" in self.space:
             return None
         trainer = fit_values(self.base, self.overrides).get("trainer") or {}
         precision = trainer.get("precision") or "32-true"  # Lightning's default
-        return str(fit.precision_for_this_cpu(precision, str(trainer.get("accelerator", "auto"))))
-
-    def legacy_definition(self) -> str:
-        """The definition of studies created before it held the config with the overrides put in: such a study is
-        still this one if its base config is unchanged (study.open_study then stores the new definition)."""
-        return self._describe({"base": yaml.safe_load(self.base.read_text()), "overrides": self.overrides})
+        return str(config.precision_for_this_cpu(precision, str(trainer.get("accelerator", "auto"))))
 
     def _describe(self, config: dict[str, Any]) -> str:
         space = {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(self.space.items())}
@@ -118,12 +112,12 @@ class Study:
         return PRUNERS[self.pruner["type"]](**kwargs)
 
 
-def fit_values(config: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit_values(path: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A fit config file's values on top of seed.yaml (read beneath every config), with the overrides put in: a plain
     merge of mappings, enough for the trainer's and the network's values read from it, not jsonargparse's own rules
     (where a config names another ``class_path``, this keeps the base's ``init_args`` that fit would drop)."""
-    seed = yaml.safe_load(fit.DEFAULT_CONFIG.read_text())
-    return with_overrides(with_overrides(seed, yaml.safe_load(config.read_text()) or {}), overrides or {})
+    seed = yaml.safe_load(config.DEFAULT_CONFIG.read_text())
+    return with_overrides(with_overrides(seed, yaml.safe_load(path.read_text()) or {}), overrides or {})
 
 
 def with_overrides(config: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +174,8 @@ def load(path: str | Path) -> Study:
             raise bad("repeat.seeds must be a non-empty list of integer seeds")
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
             raise bad(f"repeat.seeds must be distinct integers, got {seeds}")
-        if outside := [s for s in seeds if not 0 <= s <= fit.MAX_SEED]:
-            raise bad(f"repeat.seeds must be between 0 and {fit.MAX_SEED}, got {outside[0]}")
+        if outside := [s for s in seeds if not 0 <= s <= config.MAX_SEED]:
+            raise bad(f"repeat.seeds must be between 0 and {config.MAX_SEED}, got {outside[0]}")
         study.seeds = seeds
     else:
         _search(raw["search"], study, bad)
@@ -190,10 +184,11 @@ def load(path: str | Path) -> Study:
 
 
 def _base(base: Any, path: Path, bad: Refuse) -> Path:
-    candidates = [fit.CONFIG_DIR / f"{base}.yaml", path.parent / str(base), Path(str(base))]
+    candidates = [config.CONFIG_DIR / f"{base}.yaml", path.parent / str(base), Path(str(base))]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise bad(f"base {base!r} is neither a shipped config ({', '.join(fit.shipped_configs())}) nor a config file")
+        raise bad(f"base {base!r} is neither a shipped config ({', '.join(config.shipped_configs())}) nor a config "
+                  f"file")
     try:
         found.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -279,15 +274,6 @@ def _is_number_text(value: Any) -> bool:
     return True
 
 
-class _CheckCLI(fit.FashionCLI):
-    """Fit's CLI stopped once its config is parsed and its values checked (``SystemExit(0)``, as ``--print_config``
-    stops), before it seeds or builds anything."""
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        super().parse_arguments(parser, args)  # fit's, which checks the values too
-        raise SystemExit(0)
-
-
 def check_fit_args(study: Study, bad: Refuse) -> None:
     """Parse the fit configs of the trials at the two ends of the space (each parameter at its low end or first
     choice, then at its high end or last choice), and of each choice in between (the rest at their low end), and
@@ -299,13 +285,8 @@ def check_fit_args(study: Study, bad: Refuse) -> None:
     checked += [{**checked[0], k: choice} for k, choices in categorical.items() for choice in choices[1:-1]]
     for params in checked:
         try:
-            argv = fit.resolve_config_names(study.fit_args(params))
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                     warnings.catch_warnings():
-                fit.make_cli(argv, cli_class=_CheckCLI, parser_class=fit.RefusingParser)
-        except SystemExit as done:  # parsed and checked (the parser raises on a parse error instead of exiting)
-            if done.code:
-                raise
-            continue
+                fit.check_config(study.fit_args(params))
         except FashionCNNError as err:  # the parser's error or a value check
             raise bad(f"the fit config it makes is refused: {one_line(err)}") from None

@@ -17,7 +17,7 @@ from benchmarks import bare, bench, workers
 from benchmarks.bench import circumstances, command, paired_ratio, summary
 from benchmarks.callback import BenchWorker
 from benchmarks.turns import READY, Worker, read_report, report, wait_for_turn
-from fashion_cnn import fit
+from fashion_cnn import config, fit
 from tests.conftest import FIXTURE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +184,7 @@ def test_a_result_records_what_a_citation_needs(tmp_path, monkeypatch):
         assert re.fullmatch(r"[0-9a-f]{40}", run["git_commit"]) and isinstance(run["git_dirty"], bool)
     assert run["argv"] == sys.orig_argv and torch.__version__.startswith(run["torch"])
     assert run["cpu_count"] >= 1 and len(run["load_average_start"]) == 3
-    assert run["cpu_bfloat16"] in (fit.cpu_has_bfloat16(), None) and "cpu" in run  # None: no /proc/cpuinfo
+    assert run["cpu_bfloat16"] in (config.cpu_has_bfloat16(), None) and "cpu" in run  # None: no /proc/cpuinfo
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", run["started"])
     monkeypatch.setattr(bench, "ROOT", tmp_path)  # outside a git checkout (an unpacked sdist, say)
     assert (circumstances()["git_commit"], circumstances()["git_dirty"]) == (None, None)

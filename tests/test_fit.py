@@ -14,7 +14,8 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 
-from fashion_cnn import fit, runs
+from fashion_cnn import config, fit, runs
+from fashion_cnn.config import CONFIG_DIR
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.module import FashionClassifier
 from tests.helpers import SMALL, scalars, tree_digest
@@ -178,12 +179,12 @@ def test_help_and_print_config_as_a_user_runs_them(tmp_path):
 
 
 def test_config_names_files_and_inline_configs():
-    shipped = str(fit.CONFIG_DIR / "fast.yaml")
-    assert fit.resolve_config_names(["-c", "fast"]) == ["-c", shipped]
-    assert fit.resolve_config_names(["--config=fast", "--config", shipped]) == [f"--config={shipped}", "--config",
+    shipped = str(CONFIG_DIR / "fast.yaml")
+    assert config.resolve_config_names(["-c", "fast"]) == ["-c", shipped]
+    assert config.resolve_config_names(["--config=fast", "--config", shipped]) == [f"--config={shipped}", "--config",
                                                                                 shipped]
     inline = ["--config", "{model: {lr: 0.05}}", "--config", "trainer:\n  max_epochs: 2"]  # LightningCLI reads these
-    assert fit.resolve_config_names(inline) == inline
+    assert config.resolve_config_names(inline) == inline
 
 
 def test_a_runs_config_yaml_runs_it_again_in_a_new_directory(workdir, capsys):
@@ -274,7 +275,7 @@ def test_every_shipped_config_trains_and_tests(config, workdir):
     result = fit.train(["--config", config, *SMALL, "--trainer.max_epochs", "1", *(cpu if config == "gpu" else [])])
     assert result.status == 0 and 0.0 <= result.metrics["final/test_acc"] <= 1.0
     assert (result.run_dir / "checkpoints" / "last.ckpt").is_file() and len(scalars(result.run_dir)["test/acc"]) == 1
-    named = (yaml.safe_load((fit.CONFIG_DIR / f"{config}.yaml").read_text()).get("model") or {}).get("net")
+    named = (yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text()).get("model") or {}).get("net")
     built = runs.run_config(result.run_dir)["model"]["net"]["class_path"]
     assert built == (named["class_path"] if named else "fashion_cnn.nets.SeedCNN")  # the network it names
 
@@ -297,8 +298,8 @@ def test_a_true_precision_feeds_the_network_inputs_of_its_dtype(workdir, precisi
     ("bf16-mixed", False, "32-true"), ("bf16-mixed", True, "bf16-mixed"), ("32-true", False, "32-true")])
 def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, capsys, monkeypatch, precision, native,
                                                                    used):
-    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: native)
-    monkeypatch.setattr(fit, "_SAID", set())  # as in a new process
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: native)
+    monkeypatch.setattr(config, "_SAID", set())  # as in a new process
     for _ in range(2):  # a second fit in the same process (a study's next trial) is not told again
         result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
                             "--trainer.precision", precision])
@@ -318,6 +319,6 @@ def test_bfloat16_on_a_cpu_without_it_trains_in_float32_and_says_so(workdir, cap
     (16, "cpu", False, False, "32-true"), ("16-mixed", "cpu", False, False, "32-true"),
     ("16-mixed", "cpu", False, True, "16-mixed"), ("16-mixed", "gpu", False, False, "16-mixed")])
 def test_only_bfloat16_on_a_cpu_without_it_falls_back(monkeypatch, precision, accelerator, gpu, native, used):
-    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: native)
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-    assert fit.precision_for_this_cpu(precision, accelerator) == used
+    assert config.precision_for_this_cpu(precision, accelerator) == used

@@ -13,8 +13,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fashion_cnn.analysis import confusion_matrix, per_class_scores, predictions
 from fashion_cnn.checkpoints import load
+from fashion_cnn.config import CONFIG_DIR
 from fashion_cnn.data_files import CLASSES, load_split
-from fashion_cnn.fit import CONFIG_DIR
 from tests.helpers import FIXTURE, TRAINED_EPOCHS, scalars
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from fashion_cnn import commands, compare, fit, study, study_file
+from fashion_cnn import storage as storage_module
 from fashion_cnn.data_files import DataError
 from tests.helpers import FIXTURE, SMALL, scalars, signal_in_epoch_3, tree_digest
 
@@ -116,7 +117,7 @@ def test_unreachable_storage_reused_name_and_bad_usage(tmp_path, capsys):
     # An existing study (created, no trial run yet): joining it with another definition changes nothing.
     study_dir = tmp_path / "existing"
     study_dir.mkdir()
-    storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
+    storage = storage_module.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
     study.open_study(study_file.load(repeat), storage)
     before = tree_digest(study_dir)
     other = write_study(tmp_path / "other.yaml", name="same", repeat={"seeds": [0, 1, 2]})
@@ -265,7 +266,7 @@ def test_a_pruned_trial_stops_early_and_is_left_out_of_the_table(tmp_path, capsy
         "space": {"model.lr": {"low": 0.0001, "high": 0.3, "log": True}}})
     study_dir = tmp_path / "prune"
     study_dir.mkdir()
-    storage = study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
+    storage = storage_module.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10)
     created = study.open_study(study_file.load(path), storage)
     # A fixed order: a poor trial, a good one, then two poor ones the median pruner stops after their first epoch.
     for lr in (0.0001, 0.1, 0.0001, 0.0002):
@@ -435,20 +436,6 @@ def test_single_runs_that_differ_by_a_value_of_mixed_types_are_plotted_as_text()
     assert lr.get_xscale() == "log"  # numbers stay numbers
 
 
-def test_options_added_since_a_run_count_as_their_defaults():
-    from fashion_cnn.compare import with_defaults
-
-    old = with_defaults({"model.lr": 0.1, "data.batch_size": 64})  # a run made before erase and eval_mirror
-    assert old["data.erase"] == 0.0 and old["model.eval_mirror"] is False and old["model.lr"] == 0.1
-    assert with_defaults({}) == {}
-    strong = with_defaults({"model.net.class_path": "fashion_cnn.nets.StrongCNN", "model.net.init_args.pool": 7})
-    assert strong["model.net.init_args.identity_init"] is False and strong["model.net.init_args.pool"] == 7
-    assert strong["model.net.init_args.channel_dropout"] == 0.0
-    assert strong["model.net.init_args.widths"] == "[32, 64, 128]"  # as flatten writes a config.yaml's list
-    elsewhere = with_defaults({"model.net.class_path": "my_package.MyNet"})  # not one of ours: left as it is
-    assert not any(key.startswith("model.net.init_args.") for key in elsewhere)
-
-
 def test_compare_writes_where_asked_or_says_in_one_line_why_not(trained_run, tmp_path, capsys):
     from fashion_cnn import compare
 
@@ -530,7 +517,7 @@ def patch_sleep(monkeypatch, fake) -> None:
 def test_a_worker_left_waiting_on_a_journal_storage_says_why_it_may_never_end(tmp_path, capsys, monkeypatch):
     path = write_study(tmp_path / "journal.yaml", repeat={"seeds": [0]})
     url = f"journal:{tmp_path / 'journal.log'}"
-    created = study.open_study(study_file.load(path), study.open_storage(url, 10))
+    created = study.open_study(study_file.load(path), storage_module.open_storage(url, 10))
     created.ask()  # seed 0 taken by a worker that then died: "running" for good, as journal storage cannot tell
 
     def stop(seconds: float) -> None:
@@ -567,7 +554,7 @@ def test_a_study_on_a_journal_file_runs_to_its_table_and_compare_reads_it(tmp_pa
 
 def test_a_worker_waiting_for_the_last_trial_ends_within_a_second_of_it_not_a_heartbeat(tmp_path, monkeypatch):
     spec = study_file.load(write_study(tmp_path / "wait.yaml", repeat={"seeds": [0]}))
-    created = study.open_study(spec, study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10))
+    created = study.open_study(spec, storage_module.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10))
     elsewhere = created.ask()  # seed 0, running in another worker
     slept = []
 
@@ -600,7 +587,8 @@ def test_a_search_trial_that_fails_for_its_values_is_recorded_and_the_search_goe
         "trials": 2, "val_size": 100, "pruner": "none", "space": space})
     study_dir = tmp_path / "fails"
     study_dir.mkdir()
-    created = study.open_study(study_file.load(path), study.open_storage(f"sqlite:///{study_dir / 'study.db'}", 10))
+    url = f"sqlite:///{study_dir / 'study.db'}"
+    created = study.open_study(study_file.load(path), storage_module.open_storage(url, 10))
     for params in (first, then):
         created.enqueue_trial(params)
     assert study.main([str(path), "--dir", str(study_dir), "--workers", "1"]) == 0
@@ -627,7 +615,7 @@ def test_a_base_value_the_overrides_replace_does_not_make_another_study(tmp_path
     base = tmp_path / "base.yaml"
     base.write_text("model:\n  lr: 0.1\ndata:\n  erase: 0.5\n")
     path = write_study(tmp_path / "s.yaml", base="base.yaml", overrides={"data.erase": 0.0}, repeat={"seeds": [0]})
-    storage = study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
+    storage = storage_module.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
     study.open_study(study_file.load(path), storage)
     base.write_text("model:\n  lr: 0.1\ndata:\n  erase: 0.25\n")  # pinned by the overrides: the same runs
     study.open_study(study_file.load(path), storage)
@@ -640,7 +628,7 @@ def test_a_bfloat16_study_is_continued_only_where_its_trials_would_train_alike(t
     base = tmp_path / "base.yaml"
     base.write_text("trainer:\n  precision: bf16-mixed\n  accelerator: cpu\n")
     path = write_study(tmp_path / "s.yaml", base="base.yaml", repeat={"seeds": [0]})
-    storage = study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
+    storage = storage_module.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
     monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: True)
     assert study.open_study(study_file.load(path), storage).user_attrs[study.PRECISION] == "bf16-mixed"
     monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: False)  # another machine, where fit falls back to float32
@@ -663,15 +651,6 @@ def test_overrides_go_into_the_base_values_key_by_key():
     assert merged == {"model": {"lr": 0.2, "net": {"class_path": "N", "init_args": {"widths": [1, 2], "dropout": 0.0}}},
                       "data": {"x": 1}}
     assert base["model"]["lr"] == 0.1  # a copy
-
-
-def test_a_study_stored_with_the_older_definition_is_still_itself_and_upgraded(tmp_path):
-    path = write_study(tmp_path / "s.yaml", base="seed", overrides={"trainer.max_epochs": 1}, repeat={"seeds": [0]})
-    spec = study_file.load(path)
-    storage = study.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
-    old = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize")
-    old.set_user_attr(study.DEFINITION, spec.legacy_definition())
-    assert study.open_study(spec, storage).user_attrs[study.DEFINITION] == spec.definition()
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "studies").rglob("*.yaml")))
