@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from fashion_cnn.claim import pid_runs
 from fashion_cnn.datamodule import FashionMNISTDataModule
 from fashion_cnn.errors import FashionCNNError, first_line
 from fashion_cnn.nets import SeedCNN, ViewAverage
@@ -213,7 +214,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.partial-*"):  # left by a process killed mid-save (kill -9)
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _running(int(pid)):
+            if pid.isdigit() and not pid_runs(int(pid)):
                 stale.unlink(missing_ok=True)
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         try:
@@ -251,13 +252,3 @@ class RunCheckpoint(ModelCheckpoint):
                           "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
         super().load_state_dict(state_dict)
 
-
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (one that may not be signalled runs too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -97,7 +97,7 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def _pid_runs(pid: int) -> bool:
+def pid_runs(pid: int) -> bool:
     """Whether a process ``pid`` runs, where /proc does not say (macOS); Windows' os.kill would end it: unknown."""
     if os.name != "posix":
         return True
@@ -140,7 +140,7 @@ def _read(path: Path, expire_s: float) -> Holder | None:
     if local and PROC and isinstance(start, int):
         alive = _start_time(pid) == start
     else:
-        alive = fresh and (not local or _pid_runs(pid))
+        alive = fresh and (not local or pid_runs(pid))
     return Holder(path, host, pid, since, heartbeat, expire, local, alive)
 
 

@@ -15,6 +15,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
+from fashion_cnn.claim import RunClaim
 from fashion_cnn.commands import missing_dirs, remove_empty
 from fashion_cnn.errors import FashionCNNError, first_line
 
@@ -58,10 +59,11 @@ def check_new_version(log_root: Path, version: int | str) -> None:
 
 class RunDirectory:
     """One process's run directory from the run's start to its end: a new ``version_N`` it reserved
-    (:meth:`reserve`), or the run a checkpoint continues (:meth:`take_over`). Used as a ``with`` block around the
-    run: a run that trained a step keeps everything it wrote; one that stopped or failed before (bad data, a full
-    disk, Ctrl-C while loading) leaves no trace, so report and compare never take it for a run: a new run's
-    directory goes (with the log directories made for it), a continued run's files are put back as they were."""
+    (:meth:`reserve`), or the run a checkpoint continues (:meth:`take_over`). It holds the run's claim meanwhile, so
+    no other process trains into it (:mod:`fashion_cnn.claim`). Used as a ``with`` block around the run: a run that
+    trained a step keeps everything it wrote; one that stopped or failed before (bad data, a full disk, Ctrl-C while
+    loading) leaves no trace, so report and compare never take it for a run: a new run's directory goes (with the
+    log directories made for it), a continued run's files are put back as they were."""
 
     def __init__(self) -> None:
         self.path: Path | None = None  # None until reserved or taken over (and in a DDP rank above 0: it writes none)
@@ -70,15 +72,18 @@ class RunDirectory:
         self._made: list[Path] = []  # directories above a new run that it created, deepest first
         self._before: dict[str, bytes | None] = {}  # a continued run's files: contents of the small ones it rewrites
         self._trainer: L.Trainer | None = None
+        self._claim: RunClaim | None = None
 
     def reserve(self, log_root: Path) -> int:
         """Reserve the next ``version_N`` under ``log_root`` for a new run; its number."""
         self._made = missing_dirs(log_root)
         self.path, self.new = reserve_run_dir(log_root), True
+        self._claim = RunClaim(self.path).acquire()  # a resume of the newest run must not join it
         return int(self.path.name.removeprefix("version_"))
 
     def take_over(self, run_dir: Path, step: int) -> None:
         """Continue the run in ``run_dir`` from the checkpoint of global step ``step``."""
+        self._claim = RunClaim(run_dir).acquire()  # another process training it: refused, naming that process
         self.path, self.start_step = run_dir, step
         # Lightning's setup opens a new events file and rewrites hparams.yaml before the first step
         self._before = {p.name: p.read_bytes() if p.suffix == ".yaml" else None
@@ -101,6 +106,8 @@ class RunDirectory:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        if self._claim is not None:
+            self._claim.release()
         if self.path is None or self.trained:
             return
         if self.new:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from fashion_cnn.runs import reserve_run_dir
 from tests.helpers import SMALL
@@ -91,3 +94,29 @@ def test_a_full_disk_before_the_first_step_leaves_no_directory_either(tmp_path, 
     assert fit.main(SMALL) == 1
     assert "no space left on the device while writing somewhere/cache" in capsys.readouterr().err
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_run_being_trained_is_refused_to_a_second_process_until_its_trainer_dies(tmp_path):
+    cmd = [sys.executable, "-m", "fashion_cnn.fit", *SMALL]
+    first = subprocess.Popen([*cmd, "--trainer.max_epochs", "10000"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # its first epoch's line: last.ckpt is written at the end of that epoch
+            if line.startswith("[2] "):
+                break
+        last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        second = subprocess.run([*cmd, "--trainer.max_epochs", "10000", "--ckpt_path", str(last)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        errors = [line for line in second.stderr.splitlines() if "error" in line or "Traceback" in line]
+        assert second.returncode == 1 and len(errors) == 1, second.stderr
+        assert (f"version_0 is being trained by pid {first.pid} on {socket.gethostname()}, since "
+                in second.stderr and f"kill {first.pid}" in second.stderr)
+        assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    finally:
+        first.kill()  # kill -9: no chance to release its claim
+        first.wait()
+    epochs = torch.load(last, weights_only=True)["epoch"] + 1
+    third = subprocess.run([*cmd, "--trainer.max_epochs", str(epochs + 1), "--ckpt_path", "last"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr  # the dead holder's claim counts for nothing
+    assert torch.load(last, weights_only=True)["epoch"] + 1 == epochs + 1
