@@ -1,16 +1,29 @@
-"""Opening an Optuna storage: a study's SQLite file, a database server (PostgreSQL, MySQL) or a journal file."""
+"""Opening an Optuna storage: a study's SQLite file, a database server (PostgreSQL, MySQL) or a journal file.
+
+A server's password never needs a command line, where ``ps``, shell history and SLURM's job records keep it: give
+the URL in ``$FASHION_CNN_STORAGE``, or leave the password out of it for libpq to read (``PGPASSWORD``,
+``~/.pgpass``). Every message shows a URL with its password masked (:func:`shown`).
+"""
 
 from __future__ import annotations
 
+import os
+import random
+import re
+import time
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from sqlalchemy import event
+from sqlalchemy import event, exc
+from sqlalchemy.engine import make_url
 
 from fashion_cnn.errors import FashionCNNError, first_line
+
+STORAGE_ENV = "FASHION_CNN_STORAGE"  # the storage URL, when not given with --storage
+CREATE_TRIES = 5  # workers started together on an empty database each create Optuna's tables: all but one collide
 
 
 class StorageError(FashionCNNError):
@@ -27,17 +40,50 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.Base
             if not path.parent.is_dir():
                 raise OSError(f"{path.parent} is not a directory (make it first)")
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        _check_driver(url)
         sqlite = url.startswith("sqlite")
         beats = {} if heartbeat is None else {
             "heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3)}
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **beats)
+        for attempt in range(CREATE_TRIES):
+            try:
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **beats)
+                break
+            except (exc.IntegrityError, exc.ProgrammingError):  # another worker created the same table meanwhile
+                if attempt == CREATE_TRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
         if sqlite:
             _serialize_sqlite(storage.engine)
         return storage
+    except StorageError:
+        raise
     except Exception as err:
-        raise StorageError(f"cannot reach the storage {url}: {first_line(err)}") from None
+        raise StorageError(f"cannot reach the storage {shown(url)}: {first_line(err)}") from None
+
+
+def storage_url(given: str | None, default: str) -> str:
+    """The storage a command uses: ``--storage``'s, else ``$FASHION_CNN_STORAGE``'s, else ``default``."""
+    return given or os.environ.get(STORAGE_ENV) or default
+
+
+def shown(url: str) -> str:
+    """``url`` as a message or a log shows it: with its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:  # not a URL SQLAlchemy reads (a journal file's): mask what looks like a password
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _check_driver(url: str) -> None:
+    """Refuse a database URL whose driver is not installed (psycopg for ``postgresql://``), saying how to get it."""
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as err:
+        extra = " (pip install -e '.[postgres]')" if url.startswith("postgresql") else ""
+        raise StorageError(f"cannot reach the storage {shown(url)}: its database driver, {err.name}, is not "
+                           f"installed; install it{extra}") from None
 
 
 def _serialize_sqlite(engine) -> None:

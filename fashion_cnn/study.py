@@ -38,7 +38,7 @@ from fashion_cnn.checkpoints import load
 from fashion_cnn.errors import FashionCNNError, OptionsError
 from fashion_cnn.module import TrainingDiverged
 from fashion_cnn.runs import newest, study_run_dir
-from fashion_cnn.storage import open_storage
+from fashion_cnn.storage import STORAGE_ENV, open_storage, storage_url
 
 PROG = "python -m fashion_cnn.study"
 SPARE = "spare"  # a trial's user attribute: started when nothing was left to run; stopped at once, not counted
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.parser(PROG, "Run a study file: repeated seeds or a search (Optuna); resumable, shareable.")
     p.add_argument("study_file", help="a study YAML file (see studies/)")
     p.add_argument("--dir", help="the study's directory (default: lightning_logs/studies/<name>)")
-    p.add_argument("--storage", help="an Optuna storage URL (default: sqlite:///<dir>/study.db); "
+    p.add_argument("--storage", help=f"an Optuna storage URL (default: ${STORAGE_ENV}, else sqlite:///<dir>/study.db); "
                    "postgresql://..., or journal:PATH for a journal file on a shared filesystem")
     p.add_argument("--workers", type=commands.positive, default=default_workers(),
                    help="trial processes on this machine, the cores split evenly (default: one per core, at "
@@ -290,8 +290,9 @@ def default_workers() -> int:
 def _run(args, argv: list[str]) -> int:
     spec = study_file.load(args.study_file)
     study_dir = Path(args.dir or Path("lightning_logs") / "studies" / spec.name).absolute()
-    url = args.storage or f"sqlite:///{study_dir / 'study.db'}"
-    if not args.storage:
+    own = f"sqlite:///{study_dir / 'study.db'}"
+    url = storage_url(args.storage, own)
+    if url == own:
         commands.check_writable(study_dir, "--dir")
         study_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, args.heartbeat)  # a server that cannot be reached: refused here, before any run

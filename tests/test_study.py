@@ -658,3 +658,22 @@ def test_every_shipped_study_file_is_valid(path):
     # each is checked as `make study` would check it before any training: its base, overrides and fit arguments
     spec = study_file.load(REPO / path)
     assert spec.seeds or spec.space
+
+
+def test_a_server_storage_never_shows_its_password_and_names_a_missing_driver(tmp_path, capsys, monkeypatch):
+    repeat = write_study(tmp_path / "r.yaml", base="seed", overrides=ON_FIXTURE, repeat={"seeds": [0]})
+    unreachable = "postgresql://optuna:S3cretPass@127.0.0.1:1/none"  # port 1: refused at once
+    assert study.main([str(repeat), "--storage", unreachable, "--dir", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the storage postgresql://optuna:***@127.0.0.1:1/none" in err
+    assert "S3cretPass" not in err
+    monkeypatch.setenv(storage_module.STORAGE_ENV, unreachable)  # the URL kept off the command line
+    assert study.main([str(repeat), "--dir", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "postgresql://optuna:***@127.0.0.1:1/none" in err and "S3cretPass" not in err
+    assert not (tmp_path / "s").exists()  # its runs would go there: nothing is made before the storage answers
+    monkeypatch.setenv(storage_module.STORAGE_ENV, "mysql://optuna:S3cretPass@127.0.0.1/none")  # no driver here
+    assert study.main([str(repeat), "--dir", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its database driver, MySQLdb, is not installed" in err
+    assert "S3cretPass" not in err
