@@ -32,7 +32,9 @@ from fashion_cnn.storage import open_storage
 
 PROG = "python -m fashion_cnn.compare"
 SEED_KEYS = {"seed_everything", "data.seed"}
-IGNORED = ("trainer.logger", "trainer.plugins", "ckpt_path", "trainer.enable_progress_bar")
+# keys that change no result: where logs and checkpoints go, and how progress is shown
+IGNORED = ("trainer.logger", "trainer.plugins", "ckpt_path", "trainer.enable_progress_bar",
+           "trainer.callbacks.TQDMProgressBar", "trainer.callbacks.BatchLogProgressBar")
 # Student's t, two-sided 95%, by degrees of freedom (1.96 beyond 30)
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
