@@ -210,6 +210,20 @@ def test_killed_mid_trial_resumes_keeping_finished_trials(tmp_path):
     assert first_run.state == optuna.trial.TrialState.COMPLETE
     before = tree_digest(Path(first_run.user_attrs["run_dir"]))
 
+    # a worker whose heartbeats stopped reaching the database but which still trains the run: the retry waits
+    held = subprocess.Popen([sys.executable, "-c", "import sys, time; from fashion_cnn.claim import RunClaim; "
+                             "RunClaim(sys.argv[1]).acquire(); print(flush=True); time.sleep(600)",
+                             str(second.parent.parent)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        held.stdout.readline()  # the claim is taken
+        run_before = tree_digest(second.parent.parent)
+        refused = cli(str(path), "--dir", str(study_dir), "--heartbeat", "1")
+        assert refused.returncode == 1 and f"version_1 is being trained by pid {held.pid}" in refused.stderr
+        assert tree_digest(second.parent.parent) == run_before  # nothing written beside it
+    finally:
+        held.kill()
+        held.wait()
     again = cli(str(path), "--dir", str(study_dir), "--heartbeat", "1")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "continues from" in again.stdout and "version_1/checkpoints/last.ckpt" in again.stdout
