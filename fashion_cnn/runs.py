@@ -4,6 +4,7 @@ reading what each holds (its config.yaml, its TensorBoard scalars). Checkpoint f
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,27 @@ def newest(directory: Path, pattern: str) -> Path | None:
 
 
 def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
-    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order.
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    A resumed run (or a study's retried trial) has an events file per attempt; each resumed one starts at its
+    checkpoint's step (fit's ``purge_step``), and what the stopped attempt logged from that step on is dropped, as
+    TensorBoard shows the run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+    from tensorboard.util import tb_logging
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}, purge_orphaned_data=True)
+    # TensorBoard warns of every such purge ("Detected out of order event.step ..."), and its other warnings while
+    # reading are about its own display (graphs, plugins): nothing a reader of these scalars can act on
+    tb_logger = tb_logging.get_logger()
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)
     try:
         events.Reload()
     except OSError as err:  # e.g. a directory where an events file should be
         raise RunError(f"{run_dir}: its TensorBoard events cannot be read ({first_line(err)}); move the run aside, "
                        f"or put back what fit wrote there") from None
+    finally:
+        tb_logger.setLevel(level)
     return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
 
 
