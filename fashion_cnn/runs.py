@@ -14,6 +14,7 @@ import yaml
 from fashion_cnn.errors import FashionCNNError, first_line
 
 RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
+EVENTS = "events.out.tfevents.*"  # a run's TensorBoard event files
 TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
 
 
@@ -93,6 +94,18 @@ def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
     finally:
         tb_logger.setLevel(level)
     return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def other_loggers(config: dict) -> list[str]:
+    """The loggers a run's config (:func:`run_config`) names, by class name, when none of them is a
+    TensorBoardLogger (``["CSVLogger"]``, say): such a run has no TensorBoard events, where report and compare read
+    a run's scalars. [] when one is, or when it names none (Lightning's default logs to TensorBoard)."""
+    logger = (config.get("trainer") or {}).get("logger")
+    if logger is None or isinstance(logger, bool):
+        return []
+    entries = logger if isinstance(logger, list) else [logger]
+    names = [str(e.get("class_path", "?") if isinstance(e, dict) else e).rsplit(".", 1)[-1] for e in entries]
+    return [] if "TensorBoardLogger" in names else names
 
 
 def run_config(run_dir: Path) -> dict:

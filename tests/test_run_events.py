@@ -1,5 +1,5 @@
 """What report and compare read from a run's TensorBoard events: a resumed run's (its killed attempt's events after
-the checkpoint replaced, quietly)."""
+the checkpoint replaced, quietly), and a run logged without TensorBoard (said in so many words)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from fashion_cnn import compare, fit, report
 from fashion_cnn.runs import run_scalars
-from tests.helpers import scalars
+from tests.helpers import SMALL, scalars
 
 ROOT = Path(__file__).parent.parent
 
@@ -48,3 +49,31 @@ def test_a_resumed_runs_numbers_are_its_resumed_attempts_read_without_a_warning(
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())[0]["test_acc"] == 0.8125
     assert "| 81.25% |" in done.stdout
 
+
+def test_a_run_logged_without_tensorboard_is_said_to_be_one(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained_run, tmp_path / "lightning_logs" / "version_0")
+    result = fit.train([*SMALL, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                        "--trainer.limit_test_batches", "1", "--trainer.logger", "CSVLogger"])
+    csv_run = result.run_dir
+    assert result.status == 0 and csv_run == tmp_path / "lightning_logs" / "version_1"
+    assert (csv_run / "metrics.csv").is_file() and not list(csv_run.glob("events.out.tfevents.*"))
+    capsys.readouterr()
+
+    assert compare.main([str(csv_run), "--out", str(tmp_path / "cmp")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"python -m fashion_cnn.compare: error: no finished runs in {csv_run} (1 logged with "
+                   f"CSVLogger, without the TensorBoard events compare reads); name runs that reached their final "
+                   f"test, logged with TensorBoardLogger (fit's default)\n")
+    assert not (tmp_path / "cmp").exists()
+
+    assert compare.main(["lightning_logs", "--out", str(tmp_path / "both")]) == 0  # beside a TensorBoard run
+    table = capsys.readouterr().out
+    assert "| (same config) | 1 |" in table
+    assert table.split("\n\n")[1] == ("1 run(s) not in the table: logged with CSVLogger, without the TensorBoard "
+                                      "events compare reads.")
+
+    assert report.main(["--run", str(csv_run), "--out", str(tmp_path / "curves.png")]) == 1
+    assert capsys.readouterr().err == (f"python -m fashion_cnn.report: error: {csv_run}: no TensorBoard event files: "
+                                       f"it was logged with CSVLogger, and report reads TensorBoard events; train "
+                                       f"with fit's default logger, TensorBoardLogger\n")
