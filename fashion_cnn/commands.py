@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
+import fashion_cnn
 from fashion_cnn.errors import FashionCNNError, one_line
 
 BAD_INPUT, USAGE, INTERRUPTED, BROKEN_PIPE, TERMINATED = 1, 2, 130, 141, 143
@@ -109,8 +111,10 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
 
 def run(prog: str, body: Callable[[], int]) -> int:
     """Call ``body`` and return its exit status; any :class:`FashionCNNError` (or a file the user may not read or
-    write) becomes one line ``prog: error: ...`` on stderr and status 1."""
+    write) becomes one line ``prog: error: ...`` on stderr and status 1, and Ctrl-C one line and status 130."""
     hide_library_noise()
+    if signal.getsignal(signal.SIGINT) is fashion_cnn._interrupted_while_starting:  # Ctrl-C is handled here now
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return body()
     except FashionCNNError as err:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,22 @@ def test_help_states_each_default_once_and_no_empty_ones(command, capsys):
     options = text.split(" -")[1:]
     assert "(default: None)" not in text and "(default: False)" not in text
     assert all(option.count("default") <= 1 for option in options), [o for o in options if o.count("default") > 1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="watches /proc/<pid>/maps (Linux)")
+@pytest.mark.parametrize("command", ["fit", "evaluate", "predict", "export", "report", "compare", "study",
+                                     "data_files"])
+def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_status_130(command):
+    proc = subprocess.Popen([sys.executable, "-m", f"fashion_cnn.{command}", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        # torch's libraries mapped into the process: it is importing torch, the first of its slow imports
+        while "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "it never started importing torch"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err.decode()) == (130, b"", f"python -m fashion_cnn.{command}: interrupted\n")
