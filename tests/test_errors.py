@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 import signal
 import subprocess
@@ -115,6 +116,22 @@ def test_help_states_each_default_once_and_no_empty_ones(command, capsys):
     options = text.split(" -")[1:]
     assert "(default: None)" not in text and "(default: False)" not in text
     assert all(option.count("default") <= 1 for option in options), [o for o in options if o.count("default") > 1]
+
+
+def test_what_an_output_cannot_encode_is_printed_escaped(capsys):
+    name = os.fsdecode(b"/data/caf\xe9.png")  # a Latin-1 file name under a UTF-8 file system encoding
+
+    def body() -> int:  # capsys' streams are strict UTF-8, as stdout is under PYTHONIOENCODING=utf-8
+        print(f"{name}: Bag 91.0%")
+        raise commands.CommandError(f"{name}: an empty file (0 bytes): copy or save the image again")
+
+    assert commands.run("python -m fashion_cnn.x", body) == commands.BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "/data/caf\\xe9.png: Bag 91.0%\n"
+    assert err == ("python -m fashion_cnn.x: error: /data/caf\\xe9.png: an empty file (0 bytes): copy or save the "
+                   "image again\n")
+    with pytest.raises(UnicodeEncodeError):  # once the command is done, the streams are as they were
+        sys.stdout.write(name)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="watches /proc/<pid>/maps (Linux)")
