@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import pkgutil
 import signal
@@ -151,3 +152,13 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_status_130(command
     finally:
         proc.kill()
     assert (proc.returncode, out, err.decode()) == (130, b"", f"python -m fashion_cnn.{command}: interrupted\n")
+
+
+def test_lightnings_advert_is_hidden_and_its_other_lines_are_kept(caplog):
+    import lightning as L
+
+    commands.hide_library_noise()
+    with caplog.at_level(logging.INFO):
+        L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("GPU available" in line for line in said) and not any("litlogger" in line for line in said), said
