@@ -8,15 +8,17 @@ Where runs lie: :mod:`fashion_cnn.runs`; whether a config may resume a checkpoin
 
 from __future__ import annotations
 
+import _compat_pickle  # the Python 2 names of globals, as pickle maps them
 import importlib
 import io
 import os
 import pickle
-import re
+import pickletools
+import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -111,22 +113,13 @@ def read(path: Path) -> dict:
     if _is_torchscript(path):  # torch.load would warn twice, then call it truncated
         raise CheckpointError(f"{path} is an exported TorchScript model, not a training checkpoint; give the run's "
                               f".ckpt (e.g. lightning_logs/version_N/checkpoints/last.ckpt)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch says this when the pickle asks for anything beyond tensors and plain containers (code to run), and
-        # also when the file is no pickle at all (a YAML or PNG file: "Unsupported operand")
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if not found:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint; give a .ckpt file fit wrote "
-                                  f"(e.g. lightning_logs/version_N/checkpoints/last.ckpt)") from None
-        raise CheckpointError(
-            f"{path} is not a plain weights checkpoint: its pickle would run code (it asks for {found.group(1)}), "
-            f"so it was not loaded; use a checkpoint written by fashion_cnn.fit, and open other files only if you "
-            f"trust them") from None
-    except Exception as err:  # e.g. RuntimeError, EOFError, BadZipFile, or IndexError for some text files
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err, 160)}); "
-                              f"copy it again or use another checkpoint (e.g. last.ckpt of the same run)") from None
+    with warnings.catch_warnings(record=True) as warned:  # a refusal's one line stands for all torch said
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # e.g. UnpicklingError, RuntimeError, EOFError, BadZipFile, IndexError (a text file)
+            raise _refused_file(path, err) from None
+    for w in warned:  # a file it loaded: its warnings as torch gave them (a pickle protocol it may not read, say)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     missing = [k for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
                if not isinstance(checkpoint, dict) or k not in checkpoint]
     missing += [f"{k} as a mapping" for k in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
@@ -135,6 +128,121 @@ def read(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a fashion_cnn.fit checkpoint (it lacks {', '.join(missing)}); "
                               f"use a .ckpt file from lightning_logs/version_N/checkpoints/")
     return checkpoint
+
+
+def _refused_file(path: Path, err: Exception) -> CheckpointError:
+    """Why ``torch.load(weights_only=True)`` refused ``path`` (raising ``err``): a pickle that would run code, told
+    by the globals it asks for (read, never run), whatever torch's message says; else a file of another kind, or a
+    damaged one."""
+    if unsafe := unsafe_globals(path):
+        return CheckpointError(f"{path} is not a plain weights checkpoint: its pickle would run code (it asks for "
+                               f"{', '.join(unsafe)}), so it was not loaded; use a checkpoint written by "
+                               f"fashion_cnn.fit, and open other files only if you trust them")
+    if isinstance(err, pickle.UnpicklingError):  # a pickle of something else, or no pickle (a YAML or PNG file)
+        return CheckpointError(f"{path} is not a PyTorch checkpoint; give a .ckpt file fit wrote "
+                               f"(e.g. lightning_logs/version_N/checkpoints/last.ckpt)")
+    return CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err, 160)}); copy it again "
+                           f"or use another checkpoint (e.g. last.ckpt of the same run)")
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) ``path``'s pickle asks for that ``torch.load(weights_only=True)`` refuses: the
+    functions and classes it would call, read without running anything. Empty for a file that names none (a
+    checkpoint of tensors and plain containers, or no pickle at all)."""
+    try:  # a zip as torch.save writes it: torch lists them itself
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not such a zip (a legacy torch.save or a plain pickle), or opcodes torch's reader lacks
+        unsafe = _refused(_named_globals(path))
+    return sorted({_python3_name(name) for name in unsafe})
+
+
+def _python3_name(name: str) -> str:
+    """A global as Python 3 names it: torch.save's pickles (protocol 2) spell some as Python 2 did
+    (``commands.Popen`` for ``subprocess.Popen``), which unpickling maps back as this does."""
+    module, _, attr = name.rpartition(".")
+    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (_compat_pickle.IMPORT_MAPPING.get(module, module),
+                                                                    attr))
+    return f"{module}.{attr}"
+
+
+LEGACY_PICKLES = 5  # a legacy torch.save: magic number, protocol, system info, the object, its storages' keys
+
+
+def _named_globals(path: Path) -> set[tuple[str, str]]:
+    """Every global, as (module, name), that the pickles in ``path`` name: its ``data.pkl`` in a zip, else the
+    pickles a legacy torch.save (or pickle.dump) wrote at its start; only whole pickles count."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pkl = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            if pkl is None:
+                return set()
+            with archive.open(pkl) as stream:
+                return _pickle_globals(stream, 1)
+    except zipfile.BadZipFile:
+        pass
+    except (OSError, ValueError, EOFError):  # a damaged zip
+        return set()
+    with path.open("rb") as f:
+        return _pickle_globals(f, LEGACY_PICKLES)
+
+
+def _pickle_globals(stream: IO[bytes], count: int) -> set[tuple[str, str]]:
+    """The globals named by up to ``count`` consecutive pickles in ``stream``, disassembled with pickletools (the
+    stack is followed only as far as the names STACK_GLOBAL takes from it); stops at the first incomplete one."""
+    found: set[tuple[str, str]] = set()
+    for _ in range(count):
+        names: set[tuple[str, str]] = set()
+        stack: list[Any] = []
+        memo: dict[int, Any] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                before = op.stack_before
+                if pickletools.markobject in before:  # everything down to the mark, then what lies under it
+                    while stack.pop() is not pickletools.markobject:
+                        pass
+                    taken = [stack.pop() for _ in range(before.index(pickletools.markobject))]
+                else:
+                    taken = [stack.pop() for _ in before][::-1]
+                if op.name in ("GLOBAL", "INST"):
+                    names.add(tuple(arg.split(" ", 1)))
+                elif op.name == "STACK_GLOBAL":
+                    names.add(tuple(t if isinstance(t, str) else "?" for t in taken))
+                elif op.name.startswith("EXT"):  # a global by its copyreg code
+                    names.add(("copyreg extension", str(arg)))
+                if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = stack[-1]
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = taken[0]
+                pushed: list[Any] = [pickletools.markobject if kind is pickletools.markobject else None
+                                     for kind in op.stack_after]
+                if op.name in ("DUP", "MEMOIZE"):
+                    pushed = [taken[0]] * len(pushed)
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed = [memo.get(arg)]
+                elif isinstance(arg, str) and op.name.endswith(("STRING", "UNICODE", "UNICODE8")):
+                    pushed = [arg]
+                stack += pushed
+        except (ValueError, IndexError, EOFError, OSError):  # not a pickle, or the file ends inside one
+            break
+        found |= names
+    return found
+
+
+def _refused(names: set[tuple[str, str]]) -> list[str]:
+    """Those of ``names`` that ``torch.load(weights_only=True)`` refuses, as torch itself tells: asked of
+    ``get_unsafe_globals_in_checkpoint`` with an archive as torch.save writes it, whose pickle only names them."""
+    plain = {(m, n) for m, n in names if all(part.isidentifier() for part in f"{m}.{n}".split("."))}
+    refused = {f"{m}.{n}" for m, n in names - plain}  # no allowlist holds a name that is not Python's
+    if plain:
+        blank, probe = io.BytesIO(), io.BytesIO()
+        torch.save(None, blank)
+        pickled = b"\x80\x02(" + b"".join(f"c{m}\n{n}\n".encode() for m, n in sorted(plain)) + b"t."
+        with zipfile.ZipFile(blank) as src, zipfile.ZipFile(probe, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info, pickled if info.filename.endswith("/data.pkl") else src.read(info))
+        probe.seek(0)
+        refused |= set(torch.serialization.get_unsafe_globals_in_checkpoint(probe))
+    return sorted(refused)
 
 
 def _is_torchscript(path: Path) -> bool:

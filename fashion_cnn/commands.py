@@ -11,14 +11,19 @@ fetch one.
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
+import io
 import logging
 import os
+import signal
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+import fashion_cnn
 from fashion_cnn.errors import FashionCNNError, one_line
 
 BAD_INPUT, USAGE, INTERRUPTED, BROKEN_PIPE, TERMINATED = 1, 2, 130, 141, 143
@@ -103,14 +108,53 @@ def hide_library_noise() -> None:
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
-    """A logging filter: False for Lightning's "Tip: ... try installing litlogger" line."""
-    return "litlogger" not in str(record.msg)
+    """A logging filter: False for Lightning's "Tip: ... try installing litlogger" line, the one line its
+    ``configure_logger`` logs (known by where it comes from, not by its wording)."""
+    return (record.module, record.funcName, record.levelno) != ("logger_connector", "configure_logger", logging.INFO)
+
+
+def escape(err: UnicodeError) -> tuple[str, int]:
+    """A codec error handler (``errors="fashion_cnn.escape"``): what an output stream cannot encode as backslash
+    escapes, and a byte of a file name that is no text in the file system's encoding (Python reads it as a lone
+    surrogate) as that byte, ``\\xe9``."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode("ascii")
+                   for c in err.object[err.start:err.end]), err.end
+
+
+codecs.register_error("fashion_cnn.escape", escape)
+
+
+@contextlib.contextmanager
+def escaped_output() -> Iterator[None]:
+    """stdout and stderr escape what they cannot encode (a Latin-1 file name under a UTF-8 locale, say), instead of
+    ending the command with UnicodeEncodeError after its work is done: every path a command prints passes here."""
+    streams = [s for s in (sys.stdout, sys.stderr) if isinstance(s, io.TextIOWrapper)]
+    before = [s.errors for s in streams]
+    for stream in streams:
+        stream.reconfigure(errors="fashion_cnn.escape")
+    try:
+        yield
+    finally:
+        for stream, errors in zip(streams, before, strict=True):
+            with contextlib.suppress(ValueError, OSError):  # closed meanwhile, or its reader has gone (a flush)
+                stream.reconfigure(errors=errors)
 
 
 def run(prog: str, body: Callable[[], int]) -> int:
     """Call ``body`` and return its exit status; any :class:`FashionCNNError` (or a file the user may not read or
-    write) becomes one line ``prog: error: ...`` on stderr and status 1."""
+    write) becomes one line ``prog: error: ...`` on stderr and status 1, and Ctrl-C one line and status 130."""
     hide_library_noise()
+    if signal.getsignal(signal.SIGINT) is fashion_cnn._interrupted_while_starting:  # Ctrl-C is handled here now
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with escaped_output():
+        return _run(prog, body)
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    """:func:`run`'s work: ``body``'s exit status, or that of what stopped it, reported in one line."""
     try:
         return body()
     except FashionCNNError as err:

@@ -27,7 +27,7 @@ from optuna.storages import BaseStorage
 
 from fashion_cnn import commands, figures
 from fashion_cnn.callbacks import flatten
-from fashion_cnn.runs import RUN_DIR, run_config, run_scalars, study_run_dir
+from fashion_cnn.runs import EVENTS, RUN_DIR, other_loggers, run_config, run_scalars, study_run_dir
 from fashion_cnn.storage import open_storage
 
 PROG = "python -m fashion_cnn.compare"
@@ -51,6 +51,7 @@ class Run:
     best_val: float | None
     wall_s: float
     complete: bool = True
+    logged_with: tuple[str, ...] = ()  # the loggers of a run without TensorBoard events (not complete: no figures)
 
 
 def callback_keys(callbacks: Any) -> dict[str, str]:
@@ -74,6 +75,8 @@ def read_run(path: Path, complete: bool | None = None) -> Run:
     raw = run_config(path)
     callbacks = (raw.get("trainer") or {}).pop("callbacks", None)
     config = flatten(raw) | callback_keys(callbacks)
+    if not any(path.glob(EVENTS)) and (others := other_loggers(raw)):  # its figures are where compare cannot read
+        return Run(path, config, None, None, 0.0, complete=False, logged_with=tuple(others))
     logged = run_scalars(path)
     test = logged["final/test_acc"][-1].value if "final/test_acc" in logged else None
     val = max(e.value for e in logged["val/acc"]) if "val/acc" in logged else None
@@ -204,8 +207,21 @@ def table(runs: list[Run], baseline: list[Run] | None = None) -> str:
             is_baseline = {r.path.resolve() for r in members} == baseline_paths
             row += f" {'(the baseline)' if is_baseline else paired_gain(members, baseline)} |"
         rows.append(row)
-    left_out = len(runs) - len(complete)
-    return "\n".join(rows) + (f"\n\n{left_out} unfinished or pruned run(s) not in the table." if left_out else "")
+    unfinished, elsewhere = _left_out(runs)
+    notes = [f"{unfinished} unfinished or pruned run(s) not in the table."] if unfinished else []
+    notes += [f"{len(elsewhere)} run(s) not in the table: logged with {_loggers(elsewhere)}, without the "
+              f"TensorBoard events compare reads."] if elsewhere else []
+    return "\n\n".join(["\n".join(rows), *notes])
+
+
+def _left_out(runs: list[Run]) -> tuple[int, list[Run]]:
+    """What the table leaves out: how many runs are unfinished or pruned, and the runs logged without TensorBoard."""
+    return sum(not r.complete and not r.logged_with for r in runs), [r for r in runs if r.logged_with]
+
+
+def _loggers(runs: list[Run]) -> str:
+    """The loggers that logged ``runs`` instead of TensorBoard, by class name."""
+    return ", ".join(sorted({name for r in runs for name in r.logged_with}))
 
 
 def figure(runs: list[Run]) -> Figure:
@@ -275,10 +291,15 @@ def report(targets: list[Path], out: Path | None = None, storage: str | BaseStor
                                     f"paired by seed would be ambiguous; give each seed's run once")
     runs = [*(base_runs or []), *(r for t in targets for r in collect(Path(t), storage, study_name))]
     runs = list({r.path.resolve(): r for r in runs}.values())  # the baseline may be a target too
-    if not any(r.complete for r in runs):  # pruned trials, or runs stopped before their final test, only
-        unfinished = f" ({len(runs)} unfinished or pruned)" if runs else ""
-        raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}{unfinished}; name runs "
-                                    f"that reached their final test")
+    if not any(r.complete for r in runs):  # pruned trials, runs stopped before their final test, other loggers
+        unfinished, elsewhere = _left_out(runs)
+        why = [f"{unfinished} unfinished or pruned"] if unfinished else []
+        why += [f"{len(elsewhere)} logged with {_loggers(elsewhere)}, without the TensorBoard events compare "
+                f"reads"] if elsewhere else []
+        why_text = f" ({'; '.join(why)})" if why else ""
+        tensorboard = ", logged with TensorBoardLogger (fit's default)" if elsewhere else ""
+        raise commands.CommandError(f"no finished runs in {', '.join(map(str, targets))}{why_text}; name runs that "
+                                    f"reached their final test{tensorboard}")
     text, fig = table(runs, base_runs), figure(runs)  # both made before anything is written
     out = Path(out or targets[0])
     try:

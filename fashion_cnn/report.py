@@ -16,10 +16,9 @@ from pathlib import Path
 from fashion_cnn.checkpoints import net_name
 from fashion_cnn.commands import CommandError, cannot_write, parser, run
 from fashion_cnn.figures import learning_curves_figure, save
-from fashion_cnn.runs import newest_run, run_config, run_scalars
+from fashion_cnn.runs import EVENTS, newest_run, other_loggers, run_config, run_scalars
 
 PROG = "python -m fashion_cnn.report"
-EVENTS = "events.out.tfevents.*"
 
 # The original notebook's output, as printed by it: (epoch, test loss, test accuracy %). Its log is cut off at
 # epoch 19, so the table ends at epoch 18. It normalised with MNIST's mean/std (0.1307/0.3081).
@@ -34,6 +33,9 @@ NOTEBOOK_LABEL = "notebook's printed log (epochs 1-18)"
 
 def logged_test_curves(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
     """(epochs, test losses, test accuracies in 0..1) logged by a run, one point per evaluated epoch."""
+    if run_dir.is_dir() and not any(run_dir.glob(EVENTS)) and (others := other_loggers(run_config(run_dir))):
+        raise CommandError(f"{run_dir}: no TensorBoard event files: it was logged with {', '.join(others)}, and report "
+                           f"reads TensorBoard events; train with fit's default logger, TensorBoardLogger")
     if not run_dir.is_dir() or not any(run_dir.glob(EVENTS)):
         raise CommandError(f"{run_dir}: no TensorBoard event files ({EVENTS}); give --run a lightning_logs/version_N "
                            f"directory of a training run")

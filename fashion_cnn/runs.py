@@ -5,6 +5,7 @@ study's own), and reading what each holds (its config.yaml, its TensorBoard scal
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from fashion_cnn.commands import missing_dirs, remove_empty
 from fashion_cnn.errors import FashionCNNError, first_line
 
 RUN_DIR = re.compile(r"version_(\d+)")  # a run's directory name under lightning_logs/
+EVENTS = "events.out.tfevents.*"  # a run's TensorBoard event files
 TRAIN_HINT = "train one with `make train` (or `python -m fashion_cnn.fit`)"
 
 
@@ -145,16 +147,40 @@ def newest(directory: Path, pattern: str) -> Path | None:
 
 
 def run_scalars(run_dir: Path) -> dict[str, list[Any]]:
-    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+    """Every scalar a run logged to TensorBoard, by tag: its events (``step``, ``wall_time``, ``value``) in order.
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    A resumed run (or a study's retried trial) has an events file per attempt; each resumed one starts at its
+    checkpoint's step (fit's ``purge_step``), and what the stopped attempt logged from that step on is dropped, as
+    TensorBoard shows the run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # slow import: only here
+    from tensorboard.util import tb_logging
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}, purge_orphaned_data=True)
+    # TensorBoard warns of every such purge ("Detected out of order event.step ..."), and its other warnings while
+    # reading are about its own display (graphs, plugins): nothing a reader of these scalars can act on
+    tb_logger = tb_logging.get_logger()
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)
     try:
         events.Reload()
     except OSError as err:  # e.g. a directory where an events file should be
         raise RunError(f"{run_dir}: its TensorBoard events cannot be read ({first_line(err)}); move the run aside, "
                        f"or put back what fit wrote there") from None
+    finally:
+        tb_logger.setLevel(level)
     return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def other_loggers(config: dict) -> list[str]:
+    """The loggers a run's config (:func:`run_config`) names, by class name, when none of them is a
+    TensorBoardLogger (``["CSVLogger"]``, say): such a run has no TensorBoard events, where report and compare read
+    a run's scalars. [] when one is, or when it names none (Lightning's default logs to TensorBoard)."""
+    logger = (config.get("trainer") or {}).get("logger")
+    if logger is None or isinstance(logger, bool):
+        return []
+    entries = logger if isinstance(logger, list) else [logger]
+    names = [str(e.get("class_path", "?") if isinstance(e, dict) else e).rsplit(".", 1)[-1] for e in entries]
+    return [] if "TensorBoardLogger" in names else names
 
 
 def run_config(run_dir: Path) -> dict:

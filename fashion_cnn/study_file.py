@@ -90,7 +90,10 @@ class Study:
         grow; nothing else may change."""
         # Values, not text: editing a comment in the base config, or a base value the overrides replace, does not
         # make another study.
-        return self._describe({"config": with_overrides(yaml.safe_load(self.base.read_text()), self.overrides)})
+        values = with_overrides(yaml.safe_load(self.base.read_text()), self.overrides)
+        space = {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(self.space.items())}
+        return json.dumps({"config": values, "seeds": self.seeds, "metric": self.metric, "direction": self.direction,
+                           "val_size": self.val_size, "space": space}, sort_keys=True, default=str)
 
     def precision_here(self) -> str | None:
         """The precision this machine's fit gives the trials (fit trains bfloat16 only where the CPU has it:
@@ -100,11 +103,6 @@ class Study:
         trainer = fit_values(self.base, self.overrides).get("trainer") or {}
         precision = trainer.get("precision") or "32-true"  # Lightning's default
         return str(config.precision_for_this_cpu(precision, str(trainer.get("accelerator", "auto"))))
-
-    def _describe(self, config: dict[str, Any]) -> str:
-        space = {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(self.space.items())}
-        return json.dumps({**config, "seeds": self.seeds, "metric": self.metric, "direction": self.direction,
-                           "val_size": self.val_size, "space": space}, sort_keys=True, default=str)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         """The Optuna pruner the file's ``search.pruner`` names, with its arguments."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from fashion_cnn import evaluate, export, predict
-from fashion_cnn.checkpoints import load, resolve
+from fashion_cnn.checkpoints import load, resolve, unsafe_globals
 from fashion_cnn.data_files import MEAN, STD
 from fashion_cnn.runs import RunError, run_dir_of
 from tests.helpers import SMALL, best_checkpoint
@@ -30,6 +31,46 @@ class _MakesAFile:
 
     def __reduce__(self):
         return pathlib.Path.touch, (self.marker,)
+
+
+class _Calls:
+    """Unpickling this calls ``func(*args)``: the function a hostile checkpoint asks for."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+class _Unknown:
+    """A class no allowlist holds: unpickling it (its ``__setstate__``) creates the marker."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = str(marker)
+
+    def __setstate__(self, state: dict) -> None:
+        pathlib.Path(state["marker"]).touch()
+
+
+# what each forgery asks for, and how it makes the marker file when it is unpickled without restrictions
+HOSTILE = {
+    "blocked module": (f"{os.system.__module__}.system", lambda marker: _Calls(os.system, f"touch '{marker}'")),
+    "subprocess": ("subprocess.Popen", lambda marker: _Calls(subprocess.Popen, ["touch", str(marker)])),
+    "eval": ("builtins.eval", lambda marker: _Calls(eval, f"__import__('pathlib').Path({str(marker)!r}).touch()")),
+    "unknown class": (f"{__name__}._Unknown", _Unknown),
+}
+
+
+def _forge(kind: str, how: str, path: pathlib.Path, marker: pathlib.Path) -> None:
+    """A checkpoint-like file whose pickle asks for ``HOSTILE[kind]``: written by torch.save (a zip), by torch.save
+    in its legacy format, or by pickle.dump (protocol 5: globals named through the stack)."""
+    if how == "pickle":  # without tensors, which pickle itself stores through a call torch refuses as well
+        with path.open("wb") as f:
+            pickle.dump({"state_dict": {}, "payload": HOSTILE[kind][1](marker)}, f, protocol=5)
+        return
+    content = {"state_dict": {"w": torch.ones(2)}, "payload": HOSTILE[kind][1](marker)}
+    torch.save(content, path, _use_new_zipfile_serialization=how == "zip")
 
 
 def run_command(name: str, ckpt: str, tmp_path: pathlib.Path) -> int:
@@ -123,6 +164,46 @@ def test_checkpoint_whose_pickle_would_run_code_is_refused_unopened(command, tmp
     assert run_command(command, str(hostile), tmp_path) == 1
     assert_one_line_error(capsys, command, "would run code", "was not loaded")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["zip", "legacy", "pickle"])
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_any_hostile_pickle_is_named_with_what_it_asks_for_and_nothing_runs(kind, how, tmp_path, capsys):
+    marker, hostile = tmp_path / "pwned", tmp_path / "hostile.ckpt"
+    _forge(kind, how, hostile, marker)
+    # proof that the file is hostile: an unrestricted load runs it
+    loaded = pickle.loads(hostile.read_bytes()) if how == "pickle" else torch.load(hostile, weights_only=False)
+    if isinstance(loaded["payload"], subprocess.Popen):
+        loaded["payload"].wait()
+    assert marker.exists()
+    os.remove(marker)
+    assert run_command("evaluate", str(hostile), tmp_path) == 1
+    assert_one_line_error(capsys, "evaluate", f"{hostile} is not a plain weights checkpoint: its pickle would run "
+                          f"code (it asks for {HOSTILE[kind][0]}), so it was not loaded")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_hostile_pickle_is_told_from_what_torch_finds_in_it_not_from_its_message(tmp_path, capsys, monkeypatch):
+    hostile = tmp_path / "hostile.ckpt"
+    _forge("blocked module", "zip", hostile, tmp_path / "pwned")
+
+    def load(*args, **kwargs):  # however a torch version words its refusal
+        raise pickle.UnpicklingError("Weights only load failed: something it had never said before")
+
+    monkeypatch.setattr(torch, "load", load)
+    assert run_command("evaluate", str(hostile), tmp_path) == 1
+    assert_one_line_error(capsys, "evaluate", "would run code", f"(it asks for {os.system.__module__}.system)")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("how", ["zip", "legacy"])
+def test_what_torch_loads_by_default_is_no_hostile_global(how, trained_run, tmp_path):
+    # a Lightning checkpoint names torch's tensor rebuilders and OrderedDict: torch's weights-only loader allows them
+    checkpoint = torch.load(best_checkpoint(trained_run), weights_only=True)
+    saved = tmp_path / "saved.ckpt"
+    torch.save(checkpoint, saved, _use_new_zipfile_serialization=how == "zip")
+    assert unsafe_globals(best_checkpoint(trained_run)) == [] and unsafe_globals(saved) == []
+    assert load(saved).net is not None
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import os
 import pkgutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +117,48 @@ def test_help_states_each_default_once_and_no_empty_ones(command, capsys):
     options = text.split(" -")[1:]
     assert "(default: None)" not in text and "(default: False)" not in text
     assert all(option.count("default") <= 1 for option in options), [o for o in options if o.count("default") > 1]
+
+
+def test_what_an_output_cannot_encode_is_printed_escaped(capsys):
+    name = os.fsdecode(b"/data/caf\xe9.png")  # a Latin-1 file name under a UTF-8 file system encoding
+
+    def body() -> int:  # capsys' streams are strict UTF-8, as stdout is under PYTHONIOENCODING=utf-8
+        print(f"{name}: Bag 91.0%")
+        raise commands.CommandError(f"{name}: an empty file (0 bytes): copy or save the image again")
+
+    assert commands.run("python -m fashion_cnn.x", body) == commands.BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "/data/caf\\xe9.png: Bag 91.0%\n"
+    assert err == ("python -m fashion_cnn.x: error: /data/caf\\xe9.png: an empty file (0 bytes): copy or save the "
+                   "image again\n")
+    with pytest.raises(UnicodeEncodeError):  # once the command is done, the streams are as they were
+        sys.stdout.write(name)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="watches /proc/<pid>/maps (Linux)")
+@pytest.mark.parametrize("command", ["fit", "evaluate", "predict", "export", "report", "compare", "study",
+                                     "data_files"])
+def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_status_130(command):
+    proc = subprocess.Popen([sys.executable, "-m", f"fashion_cnn.{command}", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        # torch's libraries mapped into the process: it is importing torch, the first of its slow imports
+        while "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "it never started importing torch"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err.decode()) == (130, b"", f"python -m fashion_cnn.{command}: interrupted\n")
+
+
+def test_lightnings_advert_is_hidden_and_its_other_lines_are_kept(caplog):
+    import lightning as L
+
+    commands.hide_library_noise()
+    with caplog.at_level(logging.INFO):
+        L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("GPU available" in line for line in said) and not any("litlogger" in line for line in said), said

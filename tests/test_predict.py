@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +32,7 @@ VARIANTS = {
     "sixteen_bit": lambda a: Image.fromarray(a.astype("uint16") * 257),  # mode I;16, as Pillow reads such a PNG
 }
 ERROR = "python -m fashion_cnn.predict: error: "
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +193,18 @@ def test_usage_errors_exit_2(capsys):
             predict.main(argv)
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.startswith("python -m fashion_cnn.predict: error: ")
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(trained_run, images, tmp_path):
+    # bytes a Latin-1 system wrote (café.png), under a UTF-8 locale: Python reads the é byte as a lone surrogate
+    image = tmp_path / os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(images[0][0].numpy()).save(image)
+    missing = tmp_path / os.fsdecode(b"no\xefve.png")
+    done = subprocess.run([sys.executable, "-m", "fashion_cnn.predict", "--ckpt_path",
+                           str(best_checkpoint(trained_run)), str(image), str(missing)],
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"}, timeout=300,
+                          cwd=ROOT)
+    out, err = done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
+    assert done.returncode == 1 and "Traceback" not in err, err  # 1: the missing file; the other was classified
+    assert out.startswith(f"{tmp_path}/caf\\xe9.png: ") and out.count("\n") == 1, out
+    assert err == f"{ERROR}{tmp_path}/no\\xefve.png: no such file or directory\n"
