@@ -226,8 +226,9 @@ class RunClaim:
         try:  # replaced whole, so that a reader never sees a half-written (so, for a while, live) file
             tmp.write_text(json.dumps({**self._record, "released": time.time()}))
             os.replace(tmp, path)
-        except OSError:  # the run directory is gone (a failed new run's is removed whole)
-            tmp.unlink(missing_ok=True)
+        except OSError:  # a full disk (a live-looking claim would refuse this process's own resume), or the run
+            tmp.unlink(missing_ok=True)  # directory is gone (a failed new run's is removed whole)
+            path.unlink(missing_ok=True)
 
     def __getstate__(self) -> dict:
         """A copy sent to a spawned process, without the heartbeat thread: only this process refreshes and releases."""

@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 
-from fashion_cnn import commands, compare, fit, study, study_file
+from fashion_cnn import commands, compare, config, fit, study, study_file
 from fashion_cnn import storage as storage_module
 from fashion_cnn.data_files import DataError
 from tests.helpers import FIXTURE, SMALL, scalars, signal_in_epoch_3, tree_digest
@@ -327,7 +327,7 @@ def test_compare_any_runs(trained_run, tmp_path, capsys):
 
 
 def test_compare_leaves_out_a_run_that_stopped_before_its_final_test(tmp_path, capsys, monkeypatch):
-    from fashion_cnn import compare, fit
+    from fashion_cnn import compare
 
     monkeypatch.chdir(tmp_path)
     assert fit.main([*SMALL, "--trainer.max_epochs", "1"]) == 0
@@ -643,19 +643,19 @@ def test_a_bfloat16_study_is_continued_only_where_its_trials_would_train_alike(t
     base.write_text("trainer:\n  precision: bf16-mixed\n  accelerator: cpu\n")
     path = write_study(tmp_path / "s.yaml", base="base.yaml", repeat={"seeds": [0]})
     storage = storage_module.open_storage(f"sqlite:///{tmp_path / 'study.db'}", 10)
-    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: True)
     assert study.open_study(study_file.load(path), storage).user_attrs[study.PRECISION] == "bf16-mixed"
-    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: False)  # another machine, where fit falls back to float32
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: False)  # another machine, where fit falls back to float32
     with pytest.raises(study.StudyError, match="trains its trials in bf16-mixed, and this machine would train them "
                                                "in 32-true"):
         study.open_study(study_file.load(path), storage)
-    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: True)
     assert study.open_study(study_file.load(path), storage).user_attrs[study.PRECISION] == "bf16-mixed"
     # a float32 study is the same study on either machine
     plain = write_study(tmp_path / "p.yaml", base="fast", overrides={"trainer.precision": "32-true"},
                         repeat={"seeds": [0]})
     study.open_study(study_file.load(plain), storage)
-    monkeypatch.setattr(fit, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(config, "cpu_has_bfloat16", lambda: False)
     assert study.open_study(study_file.load(plain), storage).user_attrs[study.PRECISION] == "32-true"
 
 
