@@ -187,44 +187,27 @@ def _named_globals(path: Path) -> set[tuple[str, str]]:
 
 
 def _pickle_globals(stream: IO[bytes], count: int) -> set[tuple[str, str]]:
-    """The globals named by up to ``count`` consecutive pickles in ``stream``, disassembled with pickletools (the
-    stack is followed only as far as the names STACK_GLOBAL takes from it); stops at the first incomplete one."""
+    """The globals named by up to ``count`` consecutive pickles in ``stream``, read with pickletools, never run:
+    GLOBAL's argument, or the last two strings STACK_GLOBAL takes (pushed, or fetched from the memo). It stops at
+    the first incomplete pickle. The message alone depends on it: torch refuses such a file whatever it finds."""
     found: set[tuple[str, str]] = set()
     for _ in range(count):
-        names: set[tuple[str, str]] = set()
-        stack: list[Any] = []
-        memo: dict[int, Any] = {}
+        strings: list[str] = []
+        memo: dict[int, object] = {}
         try:
             for op, arg, _pos in pickletools.genops(stream):
-                before = op.stack_before
-                if pickletools.markobject in before:  # everything down to the mark, then what lies under it
-                    while stack.pop() is not pickletools.markobject:
-                        pass
-                    taken = [stack.pop() for _ in range(before.index(pickletools.markobject))]
-                else:
-                    taken = [stack.pop() for _ in before][::-1]
                 if op.name in ("GLOBAL", "INST"):
-                    names.add(tuple(arg.split(" ", 1)))
-                elif op.name == "STACK_GLOBAL":
-                    names.add(tuple(t if isinstance(t, str) else "?" for t in taken))
-                elif op.name.startswith("EXT"):  # a global by its copyreg code
-                    names.add(("copyreg extension", str(arg)))
-                if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = stack[-1]
-                elif op.name == "MEMOIZE":
-                    memo[len(memo)] = taken[0]
-                pushed: list[Any] = [pickletools.markobject if kind is pickletools.markobject else None
-                                     for kind in op.stack_after]
-                if op.name in ("DUP", "MEMOIZE"):
-                    pushed = [taken[0]] * len(pushed)
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    pushed = [memo.get(arg)]
+                    found.add(tuple(arg.split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.add((strings[-2], strings[-1]))
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = strings[-1] if strings else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
+                    strings.append(memo[arg])
                 elif isinstance(arg, str) and op.name.endswith(("STRING", "UNICODE", "UNICODE8")):
-                    pushed = [arg]
-                stack += pushed
+                    strings.append(arg)
         except (ValueError, IndexError, EOFError, OSError):  # not a pickle, or the file ends inside one
             break
-        found |= names
     return found
 
 
