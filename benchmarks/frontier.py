@@ -14,7 +14,9 @@ whose seeds reached the target. Trials that ran with fewer torch threads than a 
 
 A first-reached test accuracy is optimistic (it picks the moment by looking at the test set); the last table is the
 honest one: each config's last-epoch accuracy, with no epoch chosen, its final test (the reported checkpoint, with the
-extra test-time views of ``model.final_shift`` where a config has them), and its whole wall time.
+extra test-time views of ``model.final_shift`` where a config has them), its whole wall time, and what its training
+computes: its FLOPs (forward and backward of every step, :func:`benchmarks.flops.training_flops` of the run's own
+``config.yaml``; evaluation apart) and their fraction of the shipped ``strong`` config's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import optuna
 import torch
 
 from benchmarks.bench import ROOT, circumstances
+from benchmarks.flops import REFERENCE, config_values, tflop, training_flops
 from fashion_cnn.compare import mean_std_ci
 from fashion_cnn.runs import run_scalars, study_run_dir
 
@@ -39,12 +42,14 @@ DEFAULT_STUDIES = ("fast_repeats", "tiny_repeats", "quick_repeats", "strong12_re
 
 @dataclass
 class Trial:
-    """One complete trial: (seconds since it started, test accuracy) after every epoch, its whole fit's time, and its
-    final test's accuracy (with the views of ``model.final_shift``, which per-epoch tests leave out)."""
+    """One complete trial: (seconds since it started, test accuracy) after every epoch, its whole fit's time, its
+    final test's accuracy (with the views of ``model.final_shift``, which per-epoch tests leave out) and its run's
+    config.yaml (None: the run has none)."""
 
     points: list[tuple[float, float]]
     wall_s: float = 0.0
     final: float | None = None
+    config: Path | None = None
 
 
 def trial_curves(study_dir: Path) -> list[Trial]:
@@ -66,7 +71,9 @@ def trial_curves(study_dir: Path) -> list[Trial]:
                 print(f"left out: trial {trial.number} of {study_dir.name} was resumed", file=sys.stderr)
                 continue
             final = logged.get("final/test_acc", [])
-            curves.append(Trial(points, trial.user_attrs["wall_s"], final[-1].value if final else None))
+            config = run_dir / "config.yaml"
+            curves.append(Trial(points, trial.user_attrs["wall_s"], final[-1].value if final else None,
+                                config if config.is_file() else None))
     return curves
 
 
@@ -78,6 +85,22 @@ def full_threads() -> int:
 def first_reached(curve: Trial, target: float) -> float | None:
     """The seconds at which ``curve`` first reaches ``target`` test accuracy (None: never)."""
     return next((t for t, acc in curve.points if acc >= target), None)
+
+
+def trained_flops(curves: list[Trial]) -> int | None:
+    """The training FLOPs of a study's trials, counted from their runs' config.yaml; None when a run has none, or
+    when the trials' counts differ (a repeat's trials differ only in their seeds, which change no count)."""
+    counts: dict[str, int] = {}
+    for curve in curves:
+        if curve.config is None:
+            return None
+        values = config_values(curve.config)[1]
+        values.pop("seed_everything", None)
+        values.get("data", {}).pop("seed", None)
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key not in counts:  # counted once per distinct config: the seeds' runs share one
+            counts[key] = training_flops(curve.config)["training_flops"]
+    return counts.popitem()[1] if len(set(counts.values())) == 1 else None
 
 
 def notebook_cells(bench_json: Path) -> dict[float, str]:
@@ -130,16 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         best = min(every_seed, key=every_seed.get) if every_seed else None
         cells.insert(0, f"{every_seed[best]:.0f} s (`{best}`)" if best else "none yet")
         rows.append(f"| {100 * target:g}% | {' | '.join(cells)} |")
+    reference = training_flops(REFERENCE)["training_flops"]
+    record["reference_training_flops"] = reference
     rows += ["", "| config | seeds | last-epoch test accuracy (mean ± std) | final test (mean ± std) | "
-                 "wall time per run (mean) |", "|---|---|---|---|---|"]
+                 f"wall time per run (mean) | training TFLOP | of `{REFERENCE}`'s |", "|---|---|---|---|---|---|---|"]
     for name, curves in configs.items():
         mean, std, _ = mean_std_ci([100 * c.points[-1][1] for c in curves])
         finals = [100 * c.final for c in curves if c.final is not None]
         final = "{:.2f}% ± {:.2f}".format(*mean_std_ci(finals)[:2]) if len(finals) == len(curves) else "-"
         wall = statistics.fmean(c.wall_s for c in curves)
+        flops = trained_flops(curves)
+        compute = f"{tflop(flops / 1e12)} | {100 * flops / reference:.1f}%" if flops is not None else "- | -"
         record["last_epoch"][name] = {"acc": [c.points[-1][1] for c in curves], "final_acc": [c.final for c in curves],
-                                      "seconds": [round(c.wall_s, 1) for c in curves]}
-        rows.append(f"| `{name}` | {len(curves)} | {mean:.2f}% ± {std:.2f} | {final} | {wall:.0f} s |")
+                                      "seconds": [round(c.wall_s, 1) for c in curves], "training_flops": flops}
+        rows.append(f"| `{name}` | {len(curves)} | {mean:.2f}% ± {std:.2f} | {final} | {wall:.0f} s | {compute} |")
     print("\n".join(rows))
     if args.json:
         record["table"] = "\n".join(rows)

@@ -487,6 +487,12 @@ def test_frontier_reads_each_epoch_of_a_repeat_study(tmp_path, capsys, monkeypat
     last_epoch = json.loads(out.read_text())["last_epoch"]["fast"]
     assert last_epoch["acc"] == [c.points[-1][1] for c in curves]
     assert last_epoch["final_acc"] == [c.final for c in curves]
+    # its training FLOPs, from the runs' own config.yaml: fast's network (2,595,000 FLOPs an image forward and
+    # backward, tests/test_flops.py) on 2 epochs of the 60,000 images FashionMNIST trains on (not the fixture's)
+    assert all(c.config is not None and c.config.name == "config.yaml" for c in curves)
+    assert last_epoch["training_flops"] == 2 * 60_000 * 2_595_000
+    strong = json.loads(out.read_text())["reference_training_flops"]
+    assert f"| 0.31 | {100 * 2 * 60_000 * 2_595_000 / strong:.1f}% |" in table.splitlines()[-1]
 
     monkeypatch.setattr(frontier, "full_threads", lambda: 64)  # trials with fewer threads than that are left out
     with pytest.raises(SystemExit, match="no finished trial run with 64 threads"):
