@@ -1,23 +1,81 @@
 """The project on a cluster of one machine (``make test-cluster``): real PostgreSQL, SLURM and torchrun, started by
-``conftest.py``. The harness itself: a connection, ``srun``, ``sbatch --wait``, a two-launcher DDP fit."""
+``conftest.py``. First the harness itself (a connection, ``srun``, ``sbatch --wait``, a two-launcher DDP fit), then
+the recipes of ``examples/`` as users run them, on the small fixture."""
 
 from __future__ import annotations
 
-import pytest
+import math
+import os
+import time
+from pathlib import Path
 
-from tests.cluster.conftest import Slurm
+import optuna
+import pytest
+import yaml
+from lightning.pytorch import Callback
+
+from tests.cluster.conftest import JOB_DONE, REPO, Postgres, Slurm
 from tests.helpers import FIXTURE, scalars
 
 pytestmark = pytest.mark.cluster
 
+EXAMPLES = REPO / "examples"
 # fit's options for a quick run on the fixture, less the data directory (the recipes take it as DATA_DIR)
 QUIET = ["--data.verify", "false", "--data.download", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "4"]
+# a study's overrides for the same (its workers find the fixture through DATA_DIR, as FASHION_MNIST_DIR)
+STUDY_OVERRIDES = {"data.verify": False, "data.download": False, "trainer.enable_progress_bar": False,
+                   "trainer.enable_model_summary": False, "trainer.log_every_n_steps": 4, "trainer.max_epochs": 1}
+
+
+class SlowEpochs(Callback):
+    """Each training epoch of a job's first start lasts ``seconds`` longer: the requeue test's run is then still
+    training when SLURM's signal comes, however fast this machine is (SLURM acts on time limits every 30 s); the
+    requeued start runs at full speed."""
+
+    def __init__(self, seconds: float = 1.5) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+            time.sleep(self.seconds)
 
 
 def psycopg_or_skip():
     return pytest.importorskip("psycopg", reason="PostgreSQL's driver is the optional extra: pip install -e "
                                                  "'.[postgres]' (make test-cluster installs it)")
+
+
+def repeat_study(path: Path, seeds: list[int]) -> Path:
+    """A repeat of the seed config over ``seeds``, one epoch on the fixture."""
+    path.write_text(yaml.safe_dump({"base": "seed", "overrides": STUDY_OVERRIDES, "repeat": {"seeds": seeds}}))
+    return path
+
+
+def finished_seeds(name: str, url: str) -> list[int]:
+    """The seeds of a study's completed trials (a spare trial, started when nothing was left, is pruned)."""
+    study = optuna.load_study(study_name=name, storage=url)
+    return sorted(t.params["seed"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def create_tables(url: str) -> None:
+    """Optuna's tables in an empty database, made by one process before the workers start (docs/cluster.md: workers
+    that start together on an empty database can fail creating them, the xfail scenario below)."""
+    optuna.storages.RDBStorage(url).engine.dispose()
+
+
+def outputs(directory: Path, pattern: str = "slurm-*.out") -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(directory.glob(pattern)))
+
+
+@pytest.fixture
+def pg_env(postgres: Postgres, monkeypatch) -> Postgres:
+    """The server, with this process's libpq (Optuna's reads of the studies) finding its password file."""
+    psycopg_or_skip()
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    for key, value in postgres.env.items():
+        monkeypatch.setenv(key, value)
+    return postgres
 
 
 # --- the harness ---------------------------------------------------------------------------------------------------
@@ -58,3 +116,81 @@ def test_two_torchrun_launchers_run_one_ddp_fit(torchrun_nodes, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
     assert len(scalars(run)["test/acc"]) == 2
     assert "[2] Test loss" in launched[0].output and "[2] Test loss" not in launched[1].output
+
+
+# --- the recipes (examples/) ---------------------------------------------------------------------------------------
+
+def test_study_array_runs_one_worker_per_array_task(slurm: Slurm, pg_env: Postgres, tmp_path):
+    url = pg_env.new_database("study_array")
+    create_tables(url)
+    study = repeat_study(tmp_path / "array.yaml", [0, 1])
+    env = {**pg_env.env, "STUDY": str(study), "STUDY_DIR": str(tmp_path / "study"), "STORAGE": url,
+           "DATA_DIR": str(FIXTURE)}
+    job = slurm.sbatch("--array=0-1", f"--output={tmp_path}/slurm-%A_%a.out", EXAMPLES / "slurm" / "study_array.sbatch",
+                       env=env, cwd=tmp_path)
+    tasks = slurm.wait(job, timeout=400)
+    assert [(t["JobState"], t["ExitCode"]) for t in tasks] == [("COMPLETED", "0:0")] * 2, outputs(tmp_path)[-4000:]
+    assert finished_seeds("array", url) == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "study" / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+
+
+def test_ddp_sbatch_runs_one_fit_across_the_tasks(slurm: Slurm, tmp_path):
+    env = {"LOGS": str(tmp_path / "runs"), "DATA_DIR": str(FIXTURE)}
+    job = slurm.sbatch(f"--output={tmp_path}/slurm-%j.out", EXAMPLES / "slurm" / "ddp.sbatch", "--trainer.accelerator",
+                       "cpu", "--trainer.max_epochs", "2", *QUIET, env=env, cwd=tmp_path)
+    [record] = slurm.wait(job, timeout=400)
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), outputs(tmp_path)[-4000:]
+    runs = tmp_path / "runs" / "lightning_logs"
+    assert [r.name for r in runs.iterdir()] == ["version_0"]  # rank 0 wrote the one run
+    assert len(scalars(runs / "version_0")["test/acc"]) == 2
+
+
+def test_train_requeue_continues_after_sigterm_at_the_time_limit(slurm: Slurm, tmp_path):
+    """The self-requeueing job of docs/scaling.md: SIGTERM before the time limit (``--signal``), fit exits 143,
+    ``scontrol requeue``, and the next start continues from last.ckpt to the end."""
+    epochs = 30
+    env = {"CONFIG": "seed", "LOGS": str(tmp_path / "runs"), "DATA_DIR": str(FIXTURE)}
+    out = tmp_path / "train.out"
+    job = slurm.sbatch("--time=10", f"--output={out}", EXAMPLES / "slurm" / "train_requeue.sbatch",
+                       "--trainer.max_epochs", str(epochs), *QUIET,
+                       "--trainer.callbacks+=tests.cluster.test_cluster.SlowEpochs", env=env, cwd=tmp_path)
+    try:
+        wait_for_line(out, "[1] Test loss", slurm, job)  # an epoch is done: its last.ckpt is there
+        # The time limit made short enough that SIGTERM@120 is due now: SLURM sends it at its next check (<= 30 s).
+        elapsed = slurm.job(job)["RunTime"]
+        minutes = math.ceil(seconds(elapsed) / 60) + 1
+        slurm.run("scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}")
+        wait_for_line(out, "stopped by SIGTERM", slurm, job, timeout=120)
+        slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")  # the next start runs to the end
+        deadline = time.monotonic() + 120
+        while (state := slurm.job(job))["Restarts"] == "0" or state["JobState"] != "PENDING":  # the script's requeue
+            assert state["JobState"] not in JOB_DONE and time.monotonic() < deadline, \
+                f"not requeued ({state['JobState']}):\n{out.read_text()[-3000:]}"
+            time.sleep(0.5)
+        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # SLURM holds a requeued job for 2 minutes
+        [record] = slurm.wait(job, timeout=300)
+    finally:
+        slurm.run("scancel", str(job), check=False)
+    log = out.read_text()
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), log[-3000:]
+    assert log.count("stopped by SIGTERM") == 1
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert [r.name for r in run.parent.iterdir()] == ["version_0"]  # the second start continued the same run
+    assert len(scalars(run)["test/acc"]) == epochs  # every epoch once (the redone one's first copy purged)
+
+
+def seconds(runtime: str) -> int:
+    """SLURM's [D-]HH:MM:SS as seconds."""
+    days, _, clock = runtime.rpartition("-")
+    h, m, s = (int(x) for x in clock.split(":"))
+    return (int(days or 0) * 24 + h) * 3600 + m * 60 + s
+
+
+def wait_for_line(path: Path, text: str, slurm: Slurm, job: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text(errors="replace")):
+        state = slurm.job(job)["JobState"]
+        log = path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        assert state in ("PENDING", "RUNNING", "REQUEUED"), f"job {job} {state} before {text!r}:\n{log}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s:\n{log}"
+        time.sleep(0.5)
