@@ -170,6 +170,14 @@ def wait_until(what: str, ready: Callable[[], bool], alive: subprocess.Popen | N
         time.sleep(0.25)
 
 
+def check_gone(base: Path, problems: list[str]) -> None:
+    """Remove a service's directory, then fail the teardown if the service left something behind."""
+    shutil.rmtree(base, ignore_errors=True)
+    if base.exists():
+        problems.append(f"{base} could not be removed")
+    assert not problems, "; ".join(problems)
+
+
 @pytest.fixture(scope="session")
 def sigterm_as_interrupt() -> Iterator[None]:
     """While the services are up, SIGTERM to the test process is a Ctrl-C: pytest then tears the services down
@@ -272,11 +280,13 @@ def postgres(sigterm_as_interrupt) -> Iterator[Postgres]:
         server.new_database(server.database)
         yield server
     finally:
-        if started:
-            _stop_postgres(data, home)
-        assert not pgrep(str(data)), f"a PostgreSQL process of {data} is still running"
-        assert not listening(port), f"port {port} is still listening after PostgreSQL stopped"
-        shutil.rmtree(base)
+        try:
+            if started:
+                _stop_postgres(data, home)
+        finally:
+            left = {f"PostgreSQL of {data} still runs": bool(pgrep(str(data))),
+                    f"port {port} still listens after PostgreSQL stopped": listening(port)}
+            check_gone(base, [problem for problem, found in left.items() if found])
 
 
 def _stop_postgres(data: Path, home: Path) -> None:
@@ -441,11 +451,14 @@ def slurm(sigterm_as_interrupt) -> Iterator[Slurm]:
                    base / "slurmd.out")
         yield cluster
     finally:
-        _stop_slurm(cluster, daemons)
-        assert not pgrep(str(base)), f"a daemon of {base} is still running"
-        assert not pids_with_env("SLURM_CONF", str(conf)), "a process of this SLURM is still running"
-        assert not [p for p in (ctld_port, slurmd_port) if listening(p)], "a SLURM port is still listening"
-        shutil.rmtree(base)
+        try:
+            _stop_slurm(cluster, daemons)
+        finally:
+            left = {f"a daemon of {base} still runs": bool(pgrep(str(base))),
+                    f"a process of {conf} (a step or a job) still runs": bool(pids_with_env("SLURM_CONF", str(conf))),
+                    f"port {ctld_port} or {slurmd_port} still listens after SLURM stopped":
+                        listening(ctld_port) or listening(slurmd_port)}
+            check_gone(base, [problem for problem, found in left.items() if found])
 
 
 def _stop_slurm(cluster: Slurm, daemons: list[subprocess.Popen]) -> None:
