@@ -1,7 +1,7 @@
 """The project on a cluster of one machine (``make test-cluster``): real PostgreSQL, SLURM and torchrun, started by
 ``conftest.py``. First the harness itself (a connection, ``srun``, ``sbatch --wait``, a two-launcher DDP fit), then
-the recipes of ``examples/`` as users run them, on the small fixture, then the scenarios of issue 29 that fail today
-(marked xfail, with the reason, so that they turn into passes once the fixes land)."""
+the recipes of ``examples/`` as users run them, on the small fixture, then the scenarios of issue 29: the one that
+fails today is marked xfail with its reason, so that it turns into a pass once the fix lands."""
 
 from __future__ import annotations
 
@@ -59,12 +59,6 @@ def finished_seeds(name: str, url: str) -> list[int]:
     """The seeds of a study's completed trials (a spare trial, started when nothing was left, is pruned)."""
     study = optuna.load_study(study_name=name, storage=url)
     return sorted(t.params["seed"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
-
-
-def create_tables(url: str) -> None:
-    """Optuna's tables in an empty database, made by one process before the workers start (docs/cluster.md: workers
-    that start together on an empty database can fail creating them, the xfail scenario below)."""
-    optuna.storages.RDBStorage(url).engine.dispose()
 
 
 def outputs(directory: Path, pattern: str = "slurm-*.out") -> str:
@@ -125,7 +119,6 @@ def test_two_torchrun_launchers_run_one_ddp_fit(torchrun_nodes, tmp_path):
 
 def test_study_array_runs_one_worker_per_array_task(slurm: Slurm, pg_env: Postgres, tmp_path):
     url = pg_env.new_database("study_array")
-    create_tables(url)
     study = repeat_study(tmp_path / "array.yaml", [0, 1])
     env = {**pg_env.env, "STUDY": str(study), "STUDY_DIR": str(tmp_path / "study"), "STORAGE": url,
            "DATA_DIR": str(FIXTURE)}
@@ -199,14 +192,13 @@ def wait_for_line(path: Path, text: str, slurm: Slurm, job: int, timeout: float 
         time.sleep(0.5)
 
 
-# --- issue 29's scenarios, failing today -----------------------------------------------------------------------------
+# --- issue 29's scenarios -----------------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=False, reason="issue 29: Lightning takes each single-process trial in an srun step of 2 "
                    "tasks for a rank of a 2-task DDP run: 'RuntimeError: You set `--ntasks=2` in your SLURM bash "
                    "script, but this variable is not supported' (fix: fashion_cnn.cluster.environment_plugins in fit)")
 def test_study_srun_runs_one_worker_per_task(slurm: Slurm, pg_env: Postgres, tmp_path):
     url = pg_env.new_database("study_srun")
-    create_tables(url)
     study = repeat_study(tmp_path / "srun.yaml", [0, 1])
     env = {**pg_env.env, "STUDY": str(study), "STUDY_DIR": str(tmp_path / "study"), "STORAGE": url,
            "DATA_DIR": str(FIXTURE)}
@@ -248,7 +240,6 @@ def test_study_srun_runs_with_the_proposed_fix(slurm: Slurm, pg_env: Postgres, t
     """The srun recipe, with fit calling fashion_cnn.cluster.environment_plugins: each task's trials are runs of
     their own, and each writes its run (task 1's too: its rank for logging is 0)."""
     url = pg_env.new_database("study_srun_fixed")
-    create_tables(url)
     fix = tmp_path / "fix"
     fix.mkdir()
     (fix / "sitecustomize.py").write_text(WITH_THE_FIX)
@@ -290,10 +281,10 @@ sys.exit(study.main(argv))
 """
 
 
-@pytest.mark.xfail(strict=False, reason="issue 29: workers that start together on an empty PostgreSQL database "
-                   "create Optuna's tables together, and one dies: 'psycopg.errors.UniqueViolation: duplicate key "
-                   "value violates unique constraint \"pg_type_typname_nsp_index\"'")
 def test_three_study_workers_started_at_once_on_an_empty_database(pg_env: Postgres, tmp_path):
+    """Issue 29's second scenario: workers that create Optuna's tables together collided ("UniqueViolation ...
+    pg_type_typname_nsp_index") and one died; fashion_cnn.storage now retries the creation. Without those retries
+    this test fails (two of three workers, most runs)."""
     url = pg_env.new_database("at_once")
     study = repeat_study(tmp_path / "at_once.yaml", [0, 1, 2])
     env = client_env(**pg_env.env, FASHION_MNIST_DIR=str(FIXTURE), OMP_NUM_THREADS="1")
