@@ -18,7 +18,7 @@ STUDY_PY := $(if $(filter-out data,$(DATA_DIR)),FASHION_MNIST_DIR="$$(CDPATH= cd
   || printf %s "$(DATA_DIR)")" )$(PY)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train study test test-slow test-floors tensorboard report bench bench-fast frontier lint clean
+.PHONY: help setup data train study test test-slow test-cluster test-floors tensorboard report bench bench-fast frontier lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,15 @@ test: setup ## Run the test suite (fast, offline, CPU; TEST_JOBS='' runs it in o
 
 test-slow: setup ## Run only the long tests (full-data training)
 	$(PY) -m pytest -q -m slow
+
+# PostgreSQL's driver, the optional extra the cluster tests' studies use (their own stamp: `make setup` leaves it out)
+POSTGRES_STAMP := $(VENV)/.installed-postgres
+test-cluster: $(POSTGRES_STAMP) ## Run the cluster tests: real PostgreSQL, SLURM and torchrun here (root, apt; ~6 min)
+	$(PY) -m pytest -q -m cluster -p no:xdist
+
+$(POSTGRES_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres]'
+	@touch $@
 
 FLOORS := .venv-floors
 test-floors: $(FLOORS)/.installed ## Run the tests against the lowest dependency versions pyproject allows
