@@ -31,7 +31,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fashion_cnn import config, resume, runs
+from fashion_cnn import cluster, config, resume, runs
 from fashion_cnn.checkpoints import RunCheckpoint
 from fashion_cnn.commands import INTERRUPTED, TERMINATED, OneLineUsage, check_writable, run
 from fashion_cnn.config import SAVE_DIR_OPTION, ConfigError
@@ -60,9 +60,8 @@ class FitResult:
 class FitParser(OneLineUsage, LightningArgumentParser):
     """LightningCLI's parser with the project's one-line usage errors."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # jsonargparse makes one for a network's init_args without a prog: it would sign errors with __main__.py
-        kwargs["prog"] = kwargs.get("prog") or PROG
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # jsonargparse makes one for a network's init_args
+        kwargs["prog"] = kwargs.get("prog") or PROG  # with no prog: errors would be signed __main__.py
         super().__init__(*args, **kwargs)
 
 
@@ -94,6 +93,8 @@ class FashionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer, logs = self.config.trainer, self.config.trainer.logger
+        # first: in a SLURM step it decides whether this task is a rank of a larger run or a run of its own
+        self.cluster_plugins = cluster.environment_plugins(trainer)
         tensorboard = bool(logs) and getattr(logs, "class_path", "").endswith("TensorBoardLogger")
         if tensorboard:  # `save_dir: ~/runs` in a config: the shell expands only the command line
             logs.init_args.save_dir = os.path.expanduser(logs.init_args.save_dir)
@@ -131,8 +132,10 @@ class FashionCLI(LightningCLI):
             self.save_config_callback = None
             # nothing to log the learning rate to: Lightning would stop the run at its start with a traceback
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        plugins = trainer.get("plugins") or []
+        plugins = [*(plugins if isinstance(plugins, list) else [plugins]), *self.cluster_plugins]
         try:
-            return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+            return super().instantiate_trainer(**kwargs, callbacks=callbacks, plugins=plugins)
         except ValueError as err:  # Lightning's word for a strategy or accelerator name it does not know
             raise ConfigError(str(err)) from None
 
@@ -151,7 +154,7 @@ class FashionCLI(LightningCLI):
 
 
 class _ParseOnly(FashionCLI):
-    """fit's CLI that parses and checks a config, and neither seeds, touches a run directory nor builds anything."""
+    """fit's CLI that parses and checks a config: it neither seeds, takes a run directory nor builds anything."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
@@ -244,9 +247,8 @@ def _stopped(err: BaseException, cli: FashionCLI | None, how_to_continue: str | 
     if sigterm or interrupted:
         if interrupted:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after the first one
-        print(f"{PROG}: {'interrupted' if interrupted else 'stopped by SIGTERM'}; "
-              f"{_how_to_continue(cli, how_to_continue)}", file=sys.stderr)
-        status = INTERRUPTED if interrupted else TERMINATED
+        what, status = ("interrupted", INTERRUPTED) if interrupted else ("stopped by SIGTERM", TERMINATED)
+        print(f"{PROG}: {what}; {_how_to_continue(cli, how_to_continue)}", file=sys.stderr)
         return _result(status, trainer, start) if trainer is not None else FitResult(status, None)
     if isinstance(err, MisconfigurationException):  # Lightning's word for a Trainer setting that cannot work here
         raise ConfigError(str(err)) from None
@@ -284,14 +286,13 @@ def _sigterm_stops_the_run() -> Iterator[None]:
         if signal.getsignal(signal.SIGTERM) is stop:
             raise SIGTERMException
 
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, stop)
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -194,9 +194,6 @@ def wait_for_line(path: Path, text: str, slurm: Slurm, job: int, timeout: float 
 
 # --- issue 29's scenarios -----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason="issue 29: Lightning takes each single-process trial in an srun step of 2 "
-                   "tasks for a rank of a 2-task DDP run: 'RuntimeError: You set `--ntasks=2` in your SLURM bash "
-                   "script, but this variable is not supported' (fix: fashion_cnn.cluster.environment_plugins in fit)")
 def test_study_srun_runs_one_worker_per_task(slurm: Slurm, pg_env: Postgres, tmp_path):
     url = pg_env.new_database("study_srun")
     study = repeat_study(tmp_path / "srun.yaml", [0, 1])
@@ -209,50 +206,7 @@ def test_study_srun_runs_one_worker_per_task(slurm: Slurm, pg_env: Postgres, tmp
     assert "is not supported" not in log, log[-4000:]
     assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
     assert finished_seeds("srun", url) == [0, 1], log[-4000:]
-
-
-# fit as the proposed fix would make it (docs/cluster.md): fashion_cnn.cluster.environment_plugins called before
-# fit reads the rank (its run directory), and its plugins added to the Trainer's. Put in a sitecustomize.py, it
-# applies to the recipe's own `python -m fashion_cnn.study`.
-WITH_THE_FIX = """
-from fashion_cnn import cluster, fit
-
-_before, _instantiate = fit.FashionCLI.before_instantiate_classes, fit.FashionCLI.instantiate_trainer
-
-
-def before_instantiate_classes(self):
-    self.cluster_plugins = cluster.environment_plugins(self.config.trainer)
-    _before(self)
-
-
-def instantiate_trainer(self, **kwargs):
-    configured = self.config_init.get("trainer", {}).get("plugins") or []
-    configured = configured if isinstance(configured, list) else [configured]
-    return _instantiate(self, **kwargs, plugins=[*configured, *self.cluster_plugins])
-
-
-fit.FashionCLI.before_instantiate_classes = before_instantiate_classes
-fit.FashionCLI.instantiate_trainer = instantiate_trainer
-"""
-
-
-def test_study_srun_runs_with_the_proposed_fix(slurm: Slurm, pg_env: Postgres, tmp_path):
-    """The srun recipe, with fit calling fashion_cnn.cluster.environment_plugins: each task's trials are runs of
-    their own, and each writes its run (task 1's too: its rank for logging is 0)."""
-    url = pg_env.new_database("study_srun_fixed")
-    fix = tmp_path / "fix"
-    fix.mkdir()
-    (fix / "sitecustomize.py").write_text(WITH_THE_FIX)
-    study = repeat_study(tmp_path / "srun_fixed.yaml", [0, 1])
-    env = {**pg_env.env, "STUDY": str(study), "STUDY_DIR": str(tmp_path / "study"), "STORAGE": url,
-           "DATA_DIR": str(FIXTURE), "PYTHONPATH": f"{fix}{os.pathsep}{REPO}"}
-    job = slurm.sbatch(f"--output={tmp_path}/slurm-%j.out", EXAMPLES / "slurm" / "study_srun.sbatch", env=env,
-                       cwd=tmp_path)
-    [record] = slurm.wait(job, timeout=400)
-    log = outputs(tmp_path)
-    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
-    assert finished_seeds("srun_fixed", url) == [0, 1], log[-4000:]
-    runs = tmp_path / "study" / "lightning_logs"
+    runs = tmp_path / "study" / "lightning_logs"  # each task's trial a run of its own, task 1's written too
     assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
     for run in runs.iterdir():
         assert len(scalars(run)["test/acc"]) == 1, run
