@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ import pytest
 import yaml
 from lightning.pytorch import Callback
 
+from fashion_cnn import checkpoints
+from fashion_cnn.evaluate import predictions_on
 from tests.cluster.conftest import JOB_DONE, REPO, Postgres, Slurm, client_env
 from tests.helpers import FIXTURE, scalars
 
@@ -42,6 +45,21 @@ class SlowEpochs(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
             time.sleep(self.seconds)
+
+
+class StallFirstEpoch(Callback):
+    """The first training step of a job's first start waits (up to ``seconds``) until SIGTERM has come: the signal
+    then comes before the first epoch ends, and so before any checkpoint."""
+
+    def __init__(self, seconds: float = 240) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if os.environ.get("SLURM_RESTART_COUNT", "0") == "0" and trainer.current_epoch == 0 and batch_idx == 0:
+            print("stalling the first epoch until SIGTERM", flush=True)
+            deadline = time.monotonic() + self.seconds
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.2)
 
 
 def psycopg_or_skip():
@@ -115,6 +133,24 @@ def test_two_torchrun_launchers_run_one_ddp_fit(torchrun_nodes, tmp_path):
     assert "[2] Test loss" in launched[0].output and "[2] Test loss" not in launched[1].output
 
 
+def test_two_torchrun_launchers_final_test_matches_one_process(torchrun_nodes, tmp_path):
+    """Issue 29: the final test of a two-node DDP run (each rank tests half the test set, the accuracy synced) is
+    the accuracy one process finds for the final weights on the whole test set, through the same views; and only
+    rank 0 wrote: one run, whose TensorBoard events are all one process's."""
+    launched = torchrun_nodes("--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", *QUIET, cwd=tmp_path,
+                              env={"DATA_DIR": str(FIXTURE)})
+    for node in launched:
+        assert node.returncode == 0, f"node {node.node_rank}:\n{node.output[-3000:]}"
+    assert [r.name for r in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    run = tmp_path / "lightning_logs" / "version_0"
+    events = list(run.rglob("events.out.tfevents.*"))
+    assert events and len({e.name.rsplit(".", 2)[1] for e in events}) == 1, events  # ...T.HOST.PID.N
+    [logged] = scalars(run)["final/test_acc"]
+    preds, images, _ = predictions_on(checkpoints.load(run / "checkpoints" / "last.ckpt"), "test", str(FIXTURE))
+    assert len(images) == 256  # the fixture's whole test set, in one process
+    assert logged == pytest.approx(preds.accuracy, abs=1e-6)
+
+
 # --- the recipes (examples/) ---------------------------------------------------------------------------------------
 
 def test_study_array_runs_one_worker_per_array_task(slurm: Slurm, pg_env: Postgres, tmp_path):
@@ -173,6 +209,33 @@ def test_train_requeue_continues_after_sigterm_at_the_time_limit(slurm: Slurm, t
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert [r.name for r in run.parent.iterdir()] == ["version_0"]  # the second start continued the same run
     assert len(scalars(run)["test/acc"]) == epochs  # every epoch once (the redone one's first copy purged)
+
+
+NOT_REQUEUED = ("train_requeue.sbatch: no new checkpoint since this start (the time-limit signal came before the "
+                "next epoch ended): not requeued; give the job a longer --time or an earlier --signal=TERM@N")
+
+
+def test_train_requeue_stops_when_a_start_saved_no_checkpoint(slurm: Slurm, tmp_path):
+    """Issue 29: a job whose time-limit signal comes before its next checkpoint would requeue itself forever (each
+    start from the same place, each stopped by the same signal); the script requeues only a start that saved a new
+    last.ckpt, and otherwise says why and exits 143."""
+    env = {"CONFIG": "seed", "LOGS": str(tmp_path / "runs"), "DATA_DIR": str(FIXTURE)}
+    out = tmp_path / "train.out"
+    job = slurm.sbatch("--time=10", f"--output={out}", EXAMPLES / "slurm" / "train_requeue.sbatch",
+                       "--trainer.max_epochs", "2", *QUIET,
+                       "--trainer.callbacks+=tests.cluster.test_cluster.StallFirstEpoch", env=env, cwd=tmp_path)
+    try:
+        wait_for_line(out, "stalling the first epoch", slurm, job)  # training, and no checkpoint yet
+        elapsed = slurm.job(job)["RunTime"]  # SIGTERM@120 due now: SLURM sends it at its next check (<= 30 s)
+        slurm.run("scontrol", "update", f"JobId={job}", f"TimeLimit={math.ceil(seconds(elapsed) / 60) + 1}")
+        [record] = slurm.wait(job, timeout=180)
+    finally:
+        slurm.run("scancel", str(job), check=False)
+    log = out.read_text()
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("FAILED", "143:0", "0"), log[-3000:]
+    assert log.count("stalling the first epoch") == 1 and log.count("stopped by SIGTERM") == 1, log[-3000:]
+    assert NOT_REQUEUED in log, log[-3000:]
+    assert not list((tmp_path / "runs").glob("lightning_logs/version_*/checkpoints/last.ckpt"))
 
 
 def seconds(runtime: str) -> int:
@@ -263,3 +326,84 @@ def test_three_study_workers_started_at_once_on_an_empty_database(pg_env: Postgr
     assert "UniqueViolation" not in log, log
     assert [code for code, _ in results] == [0, 0, 0], log
     assert finished_seeds("at_once", url) == [0, 1, 2], log
+
+
+def _open_under(pid: int, directory: Path) -> bool:
+    """Whether process ``pid`` holds a file under ``directory`` open (a trial's TensorBoard events file)."""
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:  # ended, or a descriptor closed meanwhile
+        return False
+    return any(link.startswith(f"{directory}/") for link in links)
+
+
+def final_accuracies(name: str, url: str) -> dict[int, float]:
+    """Each completed seed's final/test_acc (what the final table shows), from the trials' user attrs."""
+    study = optuna.load_study(study_name=name, storage=url)
+    return {t.params["seed"]: t.user_attrs["final/test_acc"] for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+
+
+def test_postgres_study_retries_the_trial_of_a_killed_worker(pg_env: Postgres, tmp_path):
+    """Issue 29: three workers started as separate commands on one PostgreSQL study, one SIGKILLed once its trial
+    saved a last.ckpt; one more worker (the command run again) retries that trial after 3 heartbeats, from its
+    last.ckpt, and each seed completes once, with the final test accuracies of the same study run on SQLite."""
+    url = pg_env.new_database("killed")
+    study = tmp_path / "killed.yaml"
+    study.write_text(yaml.safe_dump({"base": "seed", "overrides": {**STUDY_OVERRIDES, "trainer.max_epochs": 12},
+                                     "repeat": {"seeds": [0, 1, 2]}}))
+    env = client_env(**pg_env.env, FASHION_CNN_STORAGE=url, FASHION_MNIST_DIR=str(FIXTURE), OMP_NUM_THREADS="1")
+    pg_dir = tmp_path / "pg"
+    cmd = [sys.executable, "-m", "fashion_cnn.study", str(study), "--workers", "1", "--dir", str(pg_dir),
+           "--heartbeat", "1"]
+    logs: list[Path] = []
+    workers: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        logs.append(tmp_path / f"worker{len(logs)}.out")
+        with logs[-1].open("w") as out:  # a file: a full pipe would stall a worker
+            workers.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True))
+        return workers[-1]
+
+    def said(chars: int = 2500) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in logs)
+
+    try:
+        for _ in range(3):
+            start()
+        deadline = time.monotonic() + 300
+        killed = run = None
+        while killed is None:
+            for last in pg_dir.glob("lightning_logs/version_*/checkpoints/last.ckpt"):
+                run = last.parent.parent
+                killed = next((w for w in workers if w.poll() is None and _open_under(w.pid, run)), None)
+                if killed is not None:
+                    break
+            alive = any(w.poll() is None for w in workers)
+            assert alive and time.monotonic() < deadline, f"no worker killed with a last.ckpt:\n{said()}"
+            time.sleep(0.1)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        start()  # the command run again
+        for worker in workers:
+            worker.wait(timeout=400)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    codes = [w.returncode for w in workers]
+    assert codes.count(-signal.SIGKILL) == 1 and codes.count(0) == 3, f"{codes}\n{said()}"
+    assert f"continues from {run}/checkpoints/last.ckpt" in said(10**7), said()
+    assert finished_seeds("killed", url) == [0, 1, 2], said()
+    on_postgres = final_accuracies("killed", url)
+
+    sqlite_dir = tmp_path / "sqlite"
+    sqlite_env = {k: v for k, v in env.items() if k != "FASHION_CNN_STORAGE"}
+    done = subprocess.run([*cmd[:7], str(sqlite_dir)], cwd=tmp_path, env=sqlite_env, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    on_sqlite = final_accuracies("killed", f"sqlite:///{sqlite_dir / 'study.db'}")
+    assert sorted(on_sqlite) == [0, 1, 2]
+    assert on_postgres == on_sqlite, said()
