@@ -1,7 +1,7 @@
 """The project on a cluster of one machine (``make test-cluster``): real PostgreSQL, SLURM and torchrun, started by
 ``conftest.py``. First the harness itself (a connection, ``srun``, ``sbatch --wait``, a two-launcher DDP fit), then
-the recipes of ``examples/`` as users run them, on the small fixture, then the scenarios of issue 29: the one that
-fails today is marked xfail with its reason, so that it turns into a pass once the fix lands."""
+the recipes of ``examples/`` as users run them, on the small fixture, then the scenarios of issue 29 that failed
+before their fixes."""
 
 from __future__ import annotations
 
