@@ -45,12 +45,14 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.Base
         beats = {} if heartbeat is None else {
             "heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3)}
+        # another worker created the same table meanwhile (SQLite says so as an OperationalError)
+        collided = (exc.IntegrityError, exc.ProgrammingError, *((exc.OperationalError,) if sqlite else ()))
         for attempt in range(CREATE_TRIES):
             try:
                 storage = optuna.storages.RDBStorage(
                     url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **beats)
                 break
-            except (exc.IntegrityError, exc.ProgrammingError):  # another worker created the same table meanwhile
+            except collided:
                 if attempt == CREATE_TRIES - 1:
                     raise
                 time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
