@@ -302,10 +302,11 @@ class Combination:
     kind: str  # search or repeat
     workers: int
     trials: int
+    cold: bool = False  # the workers make the storage's tables (see measure)
 
     @property
     def key(self) -> str:
-        return f"{self.storage}:{self.kind}:{self.workers}:{self.trials}"
+        return f"{self.storage}:{self.kind}:{self.workers}:{self.trials}" + (":cold" if self.cold else "")
 
 
 def study_file(directory: Path, name: str, kind: str, trials: int) -> Path:
@@ -377,7 +378,9 @@ def read_trials(url: str, name: str) -> list:
 def measure(c: Combination, storage_url: str, server_pid: int | None, tmp: Path, timeout: float,
             profile: Path | None) -> dict[str, Any]:
     """Run one combination's study to its end and read what it cost from the storage and the workers (and the CPU
-    time of the PostgreSQL server, ``server_pid``, where it is ours, and of the gRPC proxy)."""
+    time of the PostgreSQL server, ``server_pid``, where it is ours, and of the gRPC proxy). The storage's tables
+    are made first, as ``--workers N`` does (its own process opens the storage before it starts the workers);
+    With ``c.cold``, by the workers, all at once, as processes started together on several hosts do."""
     from optuna.trial import TrialState
 
     name = f"scale_{c.storage}_{c.kind}_{c.workers}w_{c.trials}_{os.getpid()}"
@@ -387,6 +390,10 @@ def measure(c: Combination, storage_url: str, server_pid: int | None, tmp: Path,
     record: dict[str, Any] = {"load_average_start": [round(x, 2) for x in os.getloadavg()],
                               "started": datetime.now().astimezone().isoformat(timespec="seconds")}
     rdb = storage_url if c.storage != "sqlite" else f"sqlite:///{work / 'study.db'}"
+    if not c.cold:
+        from fashion_cnn.storage import open_storage
+
+        open_storage(rdb).engine.dispose()
     server_cpu = cpu_seconds(server_pid, children=True) if c.storage != "sqlite" else None
     with contextlib.ExitStack() as stack:
         url, proxy = stack.enter_context(grpc_proxy(rdb, work / "proxy.log")) if c.storage == "grpc" else (rdb, None)
@@ -560,39 +567,46 @@ def combinations(args: argparse.Namespace) -> list[Combination]:
     combos += [Combination(s, "repeat", w, n) for s in args.storages.split(",") if s for w in ints(args.workers)
                for n in ints(args.repeat_trials)]
     skipped = set(args.skip)
-    return [c for c in combos if c.key not in skipped]
+    return [Combination(c.storage, c.kind, c.workers, c.trials, args.cold) for c in combos if c.key not in skipped]
 
 
 def fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(results: dict[str, dict]) -> dict[str, float]:
-    """The figures of each combination, and each series' growth in s/trial from its fewest trials to its most."""
-    print(f"\n{'storage':<11}{'kind':<7}{'workers':>7}{'trials':>7}{'s/trial':>9}{'first10%':>9}{'last10%':>9}"
-          f"{'CPU/trial':>10}{'start-up':>9}{'check':>7}{'spares':>7}{'locked':>7}  finished")
-    series: dict[tuple[str, str, int], dict[int, float]] = {}
+def print_table(results: dict[str, dict]) -> dict[str, dict]:
+    """The figures of each combination, and each series' growth from its fewest trials to its most: of s/trial, and
+    of the workers' CPU s/trial (which another job on the machine disturbs less)."""
+    print(f"\n{'storage':<16}{'kind':<7}{'workers':>7}{'trials':>7}{'s/trial':>9}{'first10%':>9}{'last10%':>9}"
+          f"{'CPU/trial':>10}{'SQL/trial':>10}{'start-up':>9}{'check':>7}{'spares':>7}{'locked':>7}  finished")
+    series: dict[tuple[str, str, int], dict[int, dict]] = {}
     for key, r in results.items():
-        storage, kind, workers, trials = key.split(":")
+        storage, kind, workers, trials, *cold = key.split(":")
+        storage += "+cold" if cold else ""
         if "error" in r:
-            print(f"{storage:<11}{kind:<7}{workers:>7}{trials:>7}  {r['error']}")
+            print(f"{storage:<16}{kind:<7}{workers:>7}{trials:>7}  {r['error']}")
             continue
         if r["finished_exactly"]:
-            series.setdefault((storage, kind, int(workers)), {})[int(trials)] = r["s_per_trial"]
+            series.setdefault((storage, kind, int(workers)), {})[int(trials)] = r
         done = "exactly" if r["finished_exactly"] else f"{r['trials_complete']} (timed out)" if r.get(
             "timed_out") else f"{r['trials_complete']}, not exactly"
-        print(f"{storage:<11}{kind:<7}{workers:>7}{trials:>7}{fmt(r['s_per_trial']):>9}"
+        print(f"{storage:<16}{kind:<7}{workers:>7}{trials:>7}{fmt(r['s_per_trial']):>9}"
               f"{fmt(r['first_tenth_s_per_trial']):>9}{fmt(r['last_tenth_s_per_trial']):>9}"
-              f"{fmt(r['worker_cpu_s_per_trial']):>10}{fmt(max(r['startup_s'], default=None), '.1f'):>9}"
+              f"{fmt(r['worker_cpu_s_per_trial']):>10}{fmt(r.get('sql_statements_per_trial'), '.1f'):>10}"
+              f"{fmt(max(r['startup_s'], default=None), '.1f'):>9}"
               f"{fmt(max(r['check_fit_args_s'], default=None), '.2f'):>7}{r['spare_trials']:>7}"
               f"{r['database_is_locked']:>7}  {done}")
     growth = {}
     for (storage, kind, workers), by_n in sorted(series.items()):
         if len(by_n) > 1:
-            low, high = min(by_n), max(by_n)
-            growth[f"{storage}:{kind}:{workers}"] = round(by_n[high] / by_n[low], 2)
-            print(f"growth {storage} {kind} {workers} worker(s), {high}/{low} trials: "
-                  f"{by_n[high] / by_n[low]:.2f}x s/trial")
+            low, high = by_n[min(by_n)], by_n[max(by_n)]
+            cpu = (high["worker_cpu_s_per_trial"] / low["worker_cpu_s_per_trial"]
+                   if high["worker_cpu_s_per_trial"] and low["worker_cpu_s_per_trial"] else None)
+            ratio = high["s_per_trial"] / low["s_per_trial"]
+            growth[f"{storage}:{kind}:{workers}"] = {"trials": [min(by_n), max(by_n)], "s_per_trial": round(ratio, 2),
+                                                     "worker_cpu_s_per_trial": cpu and round(cpu, 2)}
+            print(f"growth {storage} {kind} {workers} worker(s), {max(by_n)}/{min(by_n)} trials: {ratio:.2f}x "
+                  f"s/trial, {fmt(cpu, '.2f')}x worker CPU/trial")
     return growth
 
 
@@ -611,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="a PostgreSQL database URL to use instead of a throwaway server (each "
                    "combination adds its own study; the password is best left to libpq: PGPASSWORD, ~/.pgpass)")
     p.add_argument("--timeout", type=float, default=540, help="seconds a combination may take")
+    p.add_argument("--cold", action="store_true", help="let the workers, started together, make the storage's "
+                   "tables (as on several hosts), instead of making them first (as --workers N does)")
     p.add_argument("--check-proxy-heartbeats", action="store_true",
                    help="also check whether a dead worker's trial is retried behind the gRPC proxy")
     p.add_argument("--profile", type=Path, help="cProfile each worker into this directory, and sum the driver's parts")

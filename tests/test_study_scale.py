@@ -27,7 +27,7 @@ def test_each_combination_gets_a_figure_and_its_study_finishes_exactly_its_trial
     run = record["runs"][0]
     assert run["combinations"] == list(record["results"]) and {"avx2", "avx512_bf16", "amx"} <= set(run)
     assert run["versions"]["optuna"] and len(run["load_average_end"]) == 3
-    assert "sqlite     search       1      5" in printed and "growth" not in printed  # one size: no growth ratio
+    assert "sqlite          search       1      5" in printed and "growth" not in printed  # one size: no growth
 
 
 def test_growth_is_the_largest_studys_seconds_per_trial_over_the_smallest(capsys):
@@ -39,5 +39,5 @@ def test_growth_is_the_largest_studys_seconds_per_trial_over_the_smallest(capsys
     growth = study_scale.print_table({"postgresql:search:4:20": result(0.1), "postgresql:search:4:200": result(0.12),
                                       "postgresql:search:4:2000": result(0.25), "sqlite:search:1:20": result(0.2),
                                       "sqlite:search:1:200": {"error": "a worker failed"}})
-    assert growth == {"postgresql:search:4": 2.5}
+    assert growth == {"postgresql:search:4": {"trials": [20, 2000], "s_per_trial": 2.5, "worker_cpu_s_per_trial": None}}
     assert "a worker failed" in capsys.readouterr().out
