@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_entry(args.proxy_entry[0], int(args.proxy_entry[1]))
         return 0
     combos = combinations(args)
-    if not combos:
+    if not combos and not args.check_proxy_heartbeats:
         p.error("no combination left to run")
     unknown = {c.storage for c in combos} - {"sqlite", "postgresql", "grpc"}
     if unknown:
