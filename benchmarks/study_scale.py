@@ -2,9 +2,9 @@
 driver, at 20, 200 and 2,000 trials, on SQLite and PostgreSQL (and Optuna's gRPC proxy), with 1 and 4 workers.
 
     python -m benchmarks.study_scale [--trials 20,200,2000] [--storages sqlite,postgresql] [--workers 1,4]
-        [--grpc-trials 200,2000] [--grpc-workers 4] [--repeat-trials 200] [--skip sqlite:search:1:2000 ...]
-        [--storage postgresql+psycopg://user@host/db] [--check-proxy-heartbeats] [--profile DIR]
-        [--json benchmarks/results/study_scale.json [--merge]]
+        [--grpc-trials 200,2000] [--grpc-workers 4] [--repeat-trials 200,2000] [--skip sqlite:search:1:2000 ...]
+        [--storage postgresql+psycopg://user@host/db] [--timeout 540] [--cold] [--check-proxy-heartbeats]
+        [--profile DIR] [--json benchmarks/results/study_scale.json [--merge]]
 
 Each combination is a fresh study (a fresh SQLite file, or a fresh database on the PostgreSQL server) run by W worker
 processes started together, each ``python -m fashion_cnn.study STUDY --dir D --storage URL --worker``, as W hosts
@@ -12,7 +12,9 @@ would run it, but entered through this module (``--worker-entry``), which replac
 stub that records the trial's run directory (as the study's RecordRun callback does when a fit starts) and returns a
 ``FitResult`` at once. Everything else is the study's own: Optuna's ask (TPE) and tell, the heartbeat thread, the
 stale-trial and progress checks, the spare-trial check, the trial's user attributes, the log lines. The search is
-over one parameter (``model.lr``); ``--repeat-trials`` adds repeats of that many seeds.
+over one parameter (``model.lr``); ``--repeat-trials`` adds repeats of that many seeds. The storage's tables are made
+before the workers start, as ``--workers N`` makes them (``--cold``: by the workers, all at once). A combination that
+runs past ``--timeout`` is stopped, and its figures are those of the trials that finished.
 
 Figures, per combination:
 
