@@ -5,5 +5,6 @@ notebook's loop and the floor; bare.py the bare Trainer with the project's modul
 driver and its worker processes; callback.py the project's side of that protocol. ``make frontier``: frontier.py,
 with each config's training FLOPs from flops.py (``python -m benchmarks.flops``: what each config computes).
 Alone: net_step.py (a network's step with other options), step_costs.py (where a step's time goes),
-study_overhead.py and study_workers.py (what a study costs, and its workers' throughput).
+study_overhead.py and study_workers.py (what a study costs, and its workers' throughput), study_scale.py
+(the study driver's own cost per trial at 20 to 2,000 trials, on SQLite, PostgreSQL and Optuna's gRPC proxy).
 """
